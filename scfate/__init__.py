@@ -1,0 +1,7 @@
+"""scFATE: zero-shot single-cell perturbation prediction by Lie-algebraic conditional flow matching.
+
+Heavy dependencies (scanpy, Lightning, wandb) are imported inside the functions that need them so that
+``import scfate`` and the entry points' ``--help`` stay fast.
+"""
+
+__version__ = "0.1.0"

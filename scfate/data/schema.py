@@ -1,0 +1,150 @@
+"""Schema normalisation: configurable obs columns -> canonical perturbation / context / dose / condition columns,
+and detection of raw counts versus log-normalised values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scfate.data.errors import DataError
+from scfate.data.spec import DataSpec
+
+CONTROL = "control"
+# canonical columns added to obs; the original columns are kept untouched
+PERT = "scfate_perturbation"  # "control", "A", "A+B" (members sorted), or a drug name
+CONTEXT = "scfate_context"  # cell line / cell type ("all" when the dataset has no context column)
+DOSE = "scfate_dose"  # float dose (NaN for gene perturbations)
+CONDITION = "scfate_condition"  # evaluation unit within a context: perturbation, plus "@dose" for drugs
+IS_CONTROL = "scfate_is_control"
+
+
+def canonical_perturbation(label: object, control_values: set[str], separator: str | None) -> str:
+    """Map a raw label to its canonical form: ``control`` or the member set joined by "+" in sorted order.
+
+    GEARS-style ``A+ctrl`` / ``ctrl+A`` become ``A``; ``B+A`` becomes ``A+B`` so combinations are order invariant.
+    Matching of control labels is case-insensitive.
+    """
+    text = str(label).strip()
+    if text.lower() in control_values:
+        return CONTROL
+    if separator is None:
+        return text
+    members = {t.strip() for t in text.split(separator)} - {""}
+    members = {m for m in members if m.lower() not in control_values}
+    return CONTROL if not members else "+".join(sorted(members))
+
+
+def members(perturbation: str, perturbation_type: str) -> list[str]:
+    """Member genes of a canonical gene perturbation (``A+B`` -> [A, B]); a drug is its own single member."""
+    if perturbation == CONTROL:
+        return []
+    return perturbation.split("+") if perturbation_type == "gene" else [perturbation]
+
+
+def _require_column(obs: pd.DataFrame, key: str | None, role: str) -> None:
+    if key is not None and key not in obs.columns:
+        raise DataError(f"obs column {key!r} (data.{role}) is missing. Available obs columns: "
+                        f"{list(obs.columns)}. Set data.{role}=<one of them>.")
+
+
+def normalise_obs(adata, spec: DataSpec) -> None:
+    """Add the canonical columns to ``adata.obs`` in place; raise DataError on missing columns or no controls."""
+    obs = adata.obs
+    _require_column(obs, spec.perturbation_key, "perturbation_key")
+    for key, role in ((spec.context_key, "context_key"), (spec.dose_key, "dose_key"),
+                      (spec.smiles_key, "smiles_key"), (spec.batch_key, "batch_key")):
+        _require_column(obs, key, role)
+
+    controls = {v.lower() for v in spec.control_values}
+    raw = obs[spec.perturbation_key].astype(str)
+    mapping = {lab: canonical_perturbation(lab, controls, spec.combo_separator) for lab in raw.unique()}
+    pert = raw.map(mapping)
+    if not (pert == CONTROL).any():
+        seen = {k: int(v) for k, v in raw.value_counts().head(20).items()}
+        raise DataError(f"No control cells: none of the labels in obs[{spec.perturbation_key!r}] matches "
+                        f"data.control_values={spec.control_values}. Most frequent labels seen: "
+                        f"{seen}. Set data.control_values=[<your control label>].")
+    obs[PERT] = pd.Categorical(pert)
+    obs[IS_CONTROL] = (pert == CONTROL).to_numpy()
+    obs[CONTEXT] = pd.Categorical(obs[spec.context_key].astype(str) if spec.context_key else ["all"] * len(obs))
+
+    if spec.dose_key is not None and spec.perturbation_type == "drug":
+        dose = pd.to_numeric(obs[spec.dose_key], errors="coerce")
+        bad = dose.isna() & ~obs[IS_CONTROL]
+        if bad.any():
+            raise DataError(f"obs[{spec.dose_key!r}] has {int(bad.sum())} non-numeric doses on treated cells "
+                            f"(e.g. {obs.loc[bad, spec.dose_key].astype(str).unique()[:5].tolist()}). "
+                            "Doses must be numbers (e.g. nM).")
+        if (dose[~obs[IS_CONTROL]] <= 0).any():
+            raise DataError(f"obs[{spec.dose_key!r}] has non-positive doses on treated cells; doses enter the "
+                            "model as log10(dose) and must be > 0.")
+        obs[DOSE] = dose.where(~obs[IS_CONTROL]).astype(float)
+        cond = np.where(obs[IS_CONTROL], CONTROL, pert.astype(str) + "@" + obs[DOSE].map("{:g}".format))
+    else:
+        obs[DOSE] = np.nan
+        cond = pert.astype(str)
+    obs[CONDITION] = pd.Categorical(cond)
+
+
+def _values_sample(X, max_values: int = 2_000_000) -> np.ndarray:
+    data = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if data.size > max_values:  # a strided sample is enough to tell counts from logs, and is deterministic
+        data = data[:: data.size // max_values + 1]
+    return np.asarray(data)
+
+
+def check_values(X) -> None:
+    """NaN/Inf or negative expression values cannot be modelled: fail with what was found and what to do."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    n_bad = int(np.size(data) - np.isfinite(data).sum())
+    if n_bad:
+        raise DataError(f"The expression matrix has {n_bad} NaN/Inf values. Remove or impute them (e.g. "
+                        "np.nan_to_num) before loading; scFATE expects counts or log1p-normalised values.")
+    if np.size(data) and data.min() < 0:
+        raise DataError(f"The expression matrix has negative values (min {data.min():.3g}): it looks scaled or "
+                        "z-scored. Provide raw counts or log1p-normalised values (e.g. adata.raw or a counts layer).")
+
+
+def detect_input_type(X, declared: str = "auto") -> str:
+    """'counts' when every value is a non-negative integer, 'log1p' for log-normalised values.
+
+    Non-integer values with a maximum above 30 are neither (log1p of 1e4-normalised data stays below ~10), so
+    they raise instead of being silently mis-modelled.
+    """
+    if declared != "auto":
+        return declared
+    values = _values_sample(X)
+    if values.size == 0:
+        raise DataError("The expression matrix is empty (no non-zero values).")
+    if np.all(values == np.round(values)):
+        return "counts"
+    if values.max() > 30:
+        raise DataError(f"Values are non-integer with max {values.max():.3g}: normalised but apparently not "
+                        "log-transformed. Apply sc.pp.log1p, or set data.input_type=log1p if they already are.")
+    return "log1p"
+
+
+def normalise_expression(adata, input_type: str) -> str:
+    """Counts -> normalize_total + log1p with the counts kept in ``layers['counts']``; log1p used as is.
+
+    Returns the detected input type. The result is float32 CSR so that row batches are cheap to read.
+    """
+    import scanpy as sc
+
+    check_values(adata.X)
+    kind = detect_input_type(adata.X, input_type)
+    X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    adata.X = sp.csr_matrix(X, dtype=np.float32)
+    if kind == "counts":
+        adata.layers["counts"] = adata.X.copy()
+        sc.pp.normalize_total(adata, target_sum=1e4)
+        sc.pp.log1p(adata)
+    return kind
+
+
+def check_gene_names(var_names: pd.Index) -> None:
+    dup = var_names[var_names.duplicated()].unique()
+    if len(dup):
+        raise DataError(f"{len(dup)} duplicate gene name(s) in var_names, e.g. {list(dup[:10])}. Make them unique "
+                        "(adata.var_names_make_unique()) or aggregate the duplicates before loading.")
