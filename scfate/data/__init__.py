@@ -1,0 +1,9 @@
+"""Data layer: loading (local or Hub), schema normalisation, preparation (HVG, DE), splits, features, DataModule.
+
+`python -m scfate.data dataset=NAME [overrides]` prepares a dataset and prints its summary.
+"""
+
+from scfate.data.errors import DataError
+from scfate.data.spec import DataSpec, SplitSpec
+
+__all__ = ["DataError", "DataSpec", "SplitSpec"]

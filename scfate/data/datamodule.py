@@ -1,0 +1,182 @@
+"""Lightning DataModule: paired batches of control cells and cells of one condition from the same context.
+
+Rows are read per batch from CSR in memory or from a backed h5ad, so memory is bounded by the batch, never by the
+dataset. A training item is one step: ``x_ctrl`` [B, G] and ``x_pert`` [B, G] (float32, log1p), the condition's
+perturbation index, its member units (genes or drug) as indices into the feature table padded with -1, its context
+index and log10 dose (0 for genes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from scfate.data import schema
+from scfate.data.spec import DataSpec
+
+
+class RowReader:
+    """Dense float32 rows ``[len(idx), n_genes]`` from an in-memory matrix or a backed h5ad.
+
+    A backed file is opened lazily in each process (DataLoader workers cannot share an h5py handle).
+    """
+
+    def __init__(self, matrix=None, path: str | Path | None = None):
+        if (matrix is None) == (path is None):
+            raise ValueError("RowReader needs exactly one of `matrix` or `path`.")
+        self.matrix, self.path = matrix, path
+        self._handle, self._pid = None, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handle": None, "_pid": None}
+
+    def _source(self):
+        if self.matrix is not None:
+            return self.matrix
+        if self._handle is None or self._pid != os.getpid():
+            import anndata as ad
+
+            self._handle, self._pid = ad.read_h5ad(self.path, backed="r"), os.getpid()
+        return self._handle.X
+
+    def __call__(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx)
+        order = np.argsort(idx, kind="stable")  # h5py reads need increasing indices
+        rows = self._source()[idx[order]]
+        rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
+        out = np.empty_like(rows, dtype=np.float32)
+        out[order] = rows
+        return out
+
+
+@dataclass
+class ConditionGroup:
+    context: str
+    condition: str
+    perturbation: str
+    cells: np.ndarray  # row indices
+
+
+def condition_groups(obs, perturbations: set[str]) -> list[ConditionGroup]:
+    """All (context, condition) groups whose perturbation is in ``perturbations``, in a fixed order."""
+    keys = obs[[schema.CONTEXT, schema.CONDITION, schema.PERT]].astype(str)
+    mask = keys[schema.PERT].isin(perturbations).to_numpy()
+    groups = {}
+    for i in np.flatnonzero(mask):
+        groups.setdefault(tuple(keys.iloc[i]), []).append(i)
+    return [ConditionGroup(*k, cells=np.asarray(v)) for k, v in sorted(groups.items())]
+
+
+class _StepSampler(Sampler):
+    """Yields ``steps`` integer tokens per pass; each token seeds one batch, so runs are reproducible.
+
+    With ``advance`` each pass (epoch) gets fresh tokens; without it every pass repeats the same draws, which keeps
+    validation scores comparable across epochs.
+    """
+
+    def __init__(self, steps: int, advance: bool = True):
+        self.steps, self.advance, self.epoch = steps, advance, 0
+
+    def __iter__(self):
+        start = self.epoch * self.steps
+        self.epoch += int(self.advance)
+        return iter(range(start, start + self.steps))
+
+    def __len__(self):
+        return self.steps
+
+
+class PairedBatches(Dataset):
+    """Item ``token`` -> one batch of controls and perturbed cells of one randomly drawn group (same context)."""
+
+    def __init__(self, reader: RowReader, groups: list[ConditionGroup], controls: dict[str, np.ndarray],
+                 encode: dict, batch_size: int, seed: int):
+        if not groups:
+            raise ValueError("No condition groups to draw batches from.")
+        self.reader, self.groups, self.controls = reader, groups, controls
+        self.encode, self.batch_size, self.seed = encode, batch_size, seed
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, token: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(token)])
+        g = self.groups[rng.integers(len(self.groups))]
+        ctrl = self.controls[g.context]
+        b = self.batch_size
+        ctrl_idx = rng.choice(ctrl, b, replace=len(ctrl) < b)
+        pert_idx = rng.choice(g.cells, b, replace=len(g.cells) < b)
+        return {"x_ctrl": torch.from_numpy(self.reader(ctrl_idx)), "x_pert": torch.from_numpy(self.reader(pert_idx)),
+                **self.encode[(g.context, g.condition)]}
+
+
+class PerturbationDataModule(pl.LightningDataModule):
+    """Prepares the dataset (cached) in ``prepare_data`` and builds paired loaders in ``setup``."""
+
+    def __init__(self, spec: DataSpec, data_dir: str | Path, batch_size: int = 64, steps_per_epoch: int = 100,
+                 val_steps: int = 20, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.spec, self.data_dir = spec, Path(data_dir)
+        self.batch_size, self.steps_per_epoch, self.val_steps = batch_size, steps_per_epoch, val_steps
+        self.num_workers, self.seed = num_workers, seed
+        self.data = None
+
+    def prepare_data(self):
+        from scfate.data.prepare import prepare
+
+        prepare(self.spec, self.data_dir)
+
+    def setup(self, stage: str | None = None):
+        if self.data is not None:
+            return
+        from scfate.data.prepare import prepare
+
+        self.data = data = prepare(self.spec, self.data_dir)
+        obs = data.adata.obs
+        self.reader = (RowReader(path=data.cache_dir / "prepared.h5ad") if self.spec.backed
+                       else RowReader(matrix=data.adata.X))
+        self.contexts = data.meta["contexts"]
+        self.perturbations = data.perturbations
+        ctx = obs[schema.CONTEXT].astype(str).to_numpy()
+        is_ctrl = obs[schema.IS_CONTROL].to_numpy()
+        self.controls = {c: np.flatnonzero(is_ctrl & (ctx == c)) for c in self.contexts}
+        self.groups = {name: condition_groups(obs, set(getattr(data.split, name))) for name in ("train", "val", "test")}
+        self.encode = {(g.context, g.condition): self.encode_condition(g.context, g.perturbation, obs, g.cells[0])
+                       for groups in self.groups.values() for g in groups}
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.data.adata.n_vars)
+
+    @property
+    def max_members(self) -> int:
+        return max(len(self.data.members(p)) for p in self.perturbations)
+
+    def encode_condition(self, context: str, perturbation: str, obs, row: int) -> dict[str, torch.Tensor]:
+        units = self.data.features.index()
+        member_idx = [units[m] for m in self.data.members(perturbation)]
+        member_idx += [-1] * (self.max_members - len(member_idx))
+        dose = float(obs[schema.DOSE].iloc[row])
+        return {"perturbation": torch.tensor(self.perturbations.index(perturbation)),
+                "members": torch.tensor(member_idx, dtype=torch.long),
+                "context": torch.tensor(self.contexts.index(context)),
+                "log10_dose": torch.tensor(np.log10(dose) if np.isfinite(dose) else 0.0, dtype=torch.float32)}
+
+    def _loader(self, set_name: str, steps: int, seed: int, advance: bool) -> DataLoader:
+        dataset = PairedBatches(self.reader, self.groups[set_name], self.controls, self.encode, self.batch_size, seed)
+        return DataLoader(dataset, batch_size=None, sampler=_StepSampler(steps, advance), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.steps_per_epoch, self.seed, advance=True)
+
+    def val_dataloader(self) -> DataLoader:
+        # the same draws every pass (advance=False), from a stream distinct from training
+        return self._loader("val", self.val_steps, self.seed + 10_000, advance=False)

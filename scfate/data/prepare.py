@@ -1,0 +1,171 @@
+"""Raw h5ad (or the simulator) -> prepared, split, featurised data, cached on disk.
+
+Cache layout under ``<data_dir>/prepared/<name>-<key>/`` where ``key`` hashes the input file's sha256 and every
+preparation setting, so changing either prepares afresh and never reuses a stale result:
+``prepared.h5ad`` (selected genes, log1p float32 CSR, canonical obs columns), ``de.json``, ``features.npz``,
+``meta.json`` (written last: its presence marks a complete cache), and ``splits/<mode>_seed<N>.json``.
+Every file is written atomically, so concurrent multirun jobs preparing the same dataset are safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scfate import __version__
+from scfate.data import preprocess, schema
+from scfate.data.errors import DataError
+from scfate.data.features import PerturbationFeatures, build_drug_features, build_gene_features
+from scfate.data.load import read_h5ad, resolve_data_file
+from scfate.data.spec import DataSpec
+from scfate.data.splits import Split, load_split, make_split, save_split
+from scfate.utils.io import atomic_path, atomic_write_json, sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches
+
+
+@dataclass
+class PreparedData:
+    spec: DataSpec
+    adata: object  # AnnData, in memory or backed
+    de: dict
+    features: PerturbationFeatures
+    split: Split
+    meta: dict
+    cache_dir: Path
+    split_path: Path
+
+    @property
+    def perturbations(self) -> list[str]:
+        return self.meta["perturbations"]
+
+    def members(self, perturbation: str) -> list[str]:
+        return schema.members(perturbation, self.spec.perturbation_type)
+
+
+def _source(spec: DataSpec, data_dir: Path) -> tuple[Path, DataSpec]:
+    """The h5ad to read; for the synthetic dataset, simulate it first and point the feature views at its files."""
+    if spec.synthetic is None:
+        return resolve_data_file(spec.path, spec.hf_repo, spec.hf_file), spec
+    from scfate.data.synthetic import simulate
+
+    files = simulate(spec.synthetic, data_dir / "synthetic" / sha256_json(spec.synthetic)[:12])
+    feats = json.loads(json.dumps(spec.features))  # deep copy
+    # fill only the paths the config leaves empty, so a user can still swap in a file of their own
+    fill = {"symbols": files.get("symbols"), "aliases": files.get("aliases"), "compounds": files.get("compounds")}
+    for key, value in fill.items():
+        if feats.get(key, "absent") is None and value is not None:
+            feats[key] = str(value)
+    for view, key, file_key in (("go", "annotations", "gene2go"), ("progeny", "weights", "progeny")):
+        if feats.get(view) is not None and feats[view].get(key) is None:
+            feats[view][key] = str(files[file_key])
+    spec = DataSpec(**{**spec.to_dict(), "features": feats})
+    return files["h5ad"], spec
+
+
+def _expression_loadings(adata, n_components: int):
+    """Gene loadings of a PCA on (up to 20k) control cells: a feature view for perturbed genes that are measured."""
+    import pandas as pd
+    from sklearn.decomposition import PCA
+
+    ctrl = np.flatnonzero(adata.obs[schema.IS_CONTROL].to_numpy())
+    ctrl = ctrl[np.linspace(0, len(ctrl) - 1, min(len(ctrl), 20000)).astype(int)]
+    X = adata.X[ctrl].toarray()
+    k = min(n_components, *X.shape)
+    pca = PCA(n_components=k, random_state=0).fit(X)
+    return pd.DataFrame(pca.components_.T, index=adata.var_names, columns=[f"pc{i}" for i in range(k)])
+
+
+def _featurise(adata, spec: DataSpec, perts: list[str], cache_dir: Path) -> PerturbationFeatures:
+    units = sorted({m for p in perts for m in schema.members(p, spec.perturbation_type)})
+    if spec.perturbation_type == "drug":
+        smiles = None
+        if spec.smiles_key:
+            obs = adata.obs[~adata.obs[schema.IS_CONTROL]]
+            smiles = dict(zip(obs[schema.PERT].astype(str), obs[spec.smiles_key].astype(str)))
+        return build_drug_features(units, spec.features, smiles=smiles)
+    expr_cfg = spec.features.get("expression")
+    loadings = _expression_loadings(adata, int(expr_cfg["n_components"])) if expr_cfg else None
+    return build_gene_features(units, spec.features, expression_loadings=loadings,
+                               cache_dir=cache_dir.parent.parent / "feature_cache")
+
+
+def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> None:
+    adata = read_h5ad(raw_path)
+    for col, values in spec.obs_filter.items():
+        if col not in adata.obs.columns:
+            raise DataError(f"data.obs_filter names obs column {col!r}, which is missing. Available: "
+                            f"{list(adata.obs.columns)}.")
+        adata = adata[adata.obs[col].astype(str).isin([str(v) for v in values])].copy()
+        if adata.n_obs == 0:
+            raise DataError(f"data.obs_filter {col} in {values} keeps no cells.")
+    schema.check_gene_names(adata.var_names)
+    schema.normalise_obs(adata, spec)
+    input_type = schema.normalise_expression(adata, spec.input_type)
+    perts = sorted(p for p in adata.obs[schema.PERT].astype(str).unique() if p != schema.CONTROL)
+    if not perts:
+        raise DataError("The dataset has control cells only: no perturbed cells to learn from.")
+
+    gene_members = sorted({m for p in perts for m in schema.members(p, "gene")}) if spec.perturbation_type == "gene" else []
+    measured = preprocess.match_measured(gene_members, adata.var_names)
+    genes = preprocess.select_genes(adata, spec.n_hvg, list(measured.values()), spec.batch_key)
+    adata = adata[:, genes].copy()
+    features = _featurise(adata, spec, perts, cache_dir)
+    de = preprocess.differential_expression(adata, spec.n_de_genes)
+
+    meta = {"prep_version": PREP_VERSION, "scfate_version": __version__, "dataset": spec.name,
+            "source": str(raw_path), "data_sha256": data_sha, "input_type": input_type,
+            "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars),
+            "n_control_cells": int(adata.obs[schema.IS_CONTROL].sum()),
+            "contexts": sorted(adata.obs[schema.CONTEXT].astype(str).unique()),
+            "perturbations": perts, "measured_perturbed_genes": measured, "spec": spec.to_dict()}
+    adata.uns.clear()  # scanpy leftovers (hvg, log1p, rank_genes_groups) are recomputable and bloat the file
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache_dir / "prepared.h5ad") as tmp:
+        adata.write_h5ad(tmp)
+    atomic_write_json(cache_dir / "de.json", de)
+    features.save(cache_dir / "features.npz")
+    atomic_write_json(cache_dir / "meta.json", meta)  # last: marks the cache complete
+
+
+def _strata(spec: DataSpec, adata, perts: list[str]) -> dict[str, str] | None:
+    col = spec.split.stratify_by
+    if col is None:
+        return None
+    if col in adata.obs.columns:
+        obs = adata.obs[~adata.obs[schema.IS_CONTROL]]
+        return dict(zip(obs[schema.PERT].astype(str), obs[col].astype(str)))
+    from scfate.data.features.drugs import compound_annotations
+
+    return compound_annotations(perts, spec.features, col)
+
+
+def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> PreparedData:
+    """Prepare (or load from cache) the dataset described by ``spec`` and compute its split."""
+    data_dir = Path(data_dir)
+    raw_path, spec = _source(spec, data_dir)
+    data_sha = sha256_file(raw_path)
+    prep_keys = {k: v for k, v in spec.to_dict().items() if k not in ("split", "backed", "name")}
+    key = sha256_json({"data": data_sha, "spec": prep_keys, "v": PREP_VERSION})[:12]
+    cache_dir = data_dir / "prepared" / f"{spec.name}-{key}"
+    if rebuild or not (cache_dir / "meta.json").is_file():
+        log.info("Preparing %s from %s into %s", spec.name, raw_path, cache_dir)
+        _build(raw_path, spec, cache_dir, data_sha)
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    adata = read_h5ad(cache_dir / "prepared.h5ad", backed=spec.backed)
+    de = json.loads((cache_dir / "de.json").read_text())
+    features = PerturbationFeatures.load(cache_dir / "features.npz")
+
+    perts = meta["perturbations"]
+    if spec.split.mode == "file":
+        split_path = Path(spec.split.file)
+        split = load_split(split_path, perts)
+    else:
+        split = make_split(perts, spec.split, _strata(spec, adata, perts))
+        split_path = save_split(split, cache_dir / "splits" / f"{spec.split.mode}_seed{spec.split.seed}.json")
+    return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path)
