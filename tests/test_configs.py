@@ -1,5 +1,6 @@
 """Every config file composes, and every config with a _target_ instantiates."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from scfate.cli import CONF_DIR
-from scfate.data import DataSpec
+from scfate.data import DataSpec, SplitSpec
 
 CONF = Path(CONF_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -54,6 +55,8 @@ def test_dataset_configs_instantiate(dataset, tmp_path):
     spec = instantiate(cfg.data)
     assert isinstance(spec, DataSpec) and spec.name == dataset
     assert spec.split.seed == 7  # the top-level seed drives the split, so seed=1,2,3 -m varies it
+    # every split key is present, so any can be overridden without "+"
+    assert set(cfg.data.split) == {f.name for f in dataclasses.fields(SplitSpec)}
     assert isinstance(spec.features, dict) and spec.features
 
 
@@ -61,6 +64,7 @@ def test_features_groups_are_used():
     used = {line.split(":")[-1].strip() for p in (CONF / "dataset").glob("*.yaml")
             for line in p.read_text().splitlines() if "/features@features" in line}
     assert used == set(FEATURES)
+    assert all("/split@split: default" in p.read_text() for p in (CONF / "dataset").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

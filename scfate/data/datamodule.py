@@ -75,19 +75,22 @@ def condition_groups(obs, perturbations: set[str]) -> list[ConditionGroup]:
 
 
 class _StepSampler(Sampler):
-    """Yields ``steps`` integer tokens per pass; each token seeds one batch, so runs are reproducible.
+    """Yields ``steps`` integer tokens per epoch; each token seeds one batch, so runs are reproducible.
 
-    With ``advance`` each pass (epoch) gets fresh tokens; without it every pass repeats the same draws, which keeps
-    validation scores comparable across epochs.
+    Lightning calls ``set_epoch`` on train and validation samplers every epoch, so each training epoch draws fresh
+    batches; a ``fixed`` (validation) sampler ignores it and repeats the same draws, keeping scores comparable
+    across epochs. (Counting ``__iter__`` calls instead breaks with persistent workers, which call it twice.)
     """
 
-    def __init__(self, steps: int, advance: bool = True):
-        self.steps, self.advance, self.epoch = steps, advance, 0
+    def __init__(self, steps: int, fixed: bool = False):
+        self.steps, self.fixed, self.epoch = steps, fixed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.fixed:
+            self.epoch = int(epoch)
 
     def __iter__(self):
-        start = self.epoch * self.steps
-        self.epoch += int(self.advance)
-        return iter(range(start, start + self.steps))
+        return iter(range(self.epoch * self.steps, (self.epoch + 1) * self.steps))
 
     def __len__(self):
         return self.steps
@@ -169,14 +172,14 @@ class PerturbationDataModule(pl.LightningDataModule):
                 "context": torch.tensor(self.contexts.index(context)),
                 "log10_dose": torch.tensor(np.log10(dose) if np.isfinite(dose) else 0.0, dtype=torch.float32)}
 
-    def _loader(self, set_name: str, steps: int, seed: int, advance: bool) -> DataLoader:
+    def _loader(self, set_name: str, steps: int, seed: int, fixed: bool) -> DataLoader:
         dataset = PairedBatches(self.reader, self.groups[set_name], self.controls, self.encode, self.batch_size, seed)
-        return DataLoader(dataset, batch_size=None, sampler=_StepSampler(steps, advance), num_workers=self.num_workers,
+        return DataLoader(dataset, batch_size=None, sampler=_StepSampler(steps, fixed), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.steps_per_epoch, self.seed, advance=True)
+        return self._loader("train", self.steps_per_epoch, self.seed, fixed=False)
 
     def val_dataloader(self) -> DataLoader:
-        # the same draws every pass (advance=False), from a stream distinct from training
-        return self._loader("val", self.val_steps, self.seed + 10_000, advance=False)
+        # a stream distinct from training, the same draws at every validation pass
+        return self._loader("val", self.val_steps, self.seed + 10_000, fixed=True)

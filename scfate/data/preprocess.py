@@ -44,7 +44,10 @@ def select_genes(adata, n_hvg: int, keep: list[str], batch_key: str | None = Non
         return list(adata.var_names)
     hvg = sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor="seurat", batch_key=batch_key,
                                       inplace=False, subset=False)
-    chosen = set(adata.var_names[np.asarray(hvg["highly_variable"])]) | set(keep)
+    # scanpy's cut-off keeps every gene tied at the threshold; rank ourselves to take exactly n_hvg
+    score = np.nan_to_num(np.asarray(hvg["dispersions_norm"], dtype=float), nan=-np.inf)
+    top = np.argsort(-score, kind="stable")[:n_hvg]
+    chosen = set(adata.var_names[top]) | set(keep)
     return [g for g in adata.var_names if g in chosen]
 
 
