@@ -36,7 +36,8 @@ def test_dataset_cli_on_a_custom_h5ad(tmp_path):
     emb = user_embedding(tmp_path / "emb.csv")
     proc = run(["-m", "scfate.data", "dataset=custom", f"data.path={tmp_path / 'mine.h5ad'}",
                 "data.perturbation_key=guide_target", "data.context_key=line", "data.control_value=NTC",
-                "data.features.go=null", "data.features.progeny=null", f"data.features.user=[{emb}]",
+                "data.features.go=null", "data.features.progeny=null", "data.features.symbols=null",
+                "data.features.aliases=null", f"data.features.user=[{emb}]",
                 "data.split.test_fraction=0.34"], tmp_path)
     summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
     assert summary["perturbations"] == 6 and summary["contexts"] == ["c1", "c2"]
