@@ -1,16 +1,17 @@
-"""Evaluate a checkpoint or a baseline: python evaluate.py ckpt=PATH_OR_HF | baseline=NAME dataset=NAME."""
+"""Evaluate: python evaluate.py baseline=NAME dataset=NAME | predictions=PRED.h5ad | ckpt=PATH_OR_HF.
+
+Scores every test perturbation with every metric, beside every baseline, prints one table and writes one eval JSON.
+"""
 
 import hydra
 
-from scfate.cli import friendly_errors, not_implemented
+from scfate.cli import friendly_errors, run_evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @friendly_errors
 def main(cfg) -> None:
-    if cfg.ckpt is None and cfg.baseline is None:
-        not_implemented("evaluate.py needs ckpt=PATH or baseline=NAME; evaluation")
-    not_implemented(f"Evaluation of {'ckpt=' + str(cfg.ckpt) if cfg.ckpt else 'baseline=' + str(cfg.baseline)}")
+    run_evaluate(cfg)
 
 
 if __name__ == "__main__":

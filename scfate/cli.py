@@ -85,6 +85,39 @@ def run_train(cfg: DictConfig) -> dict:
     return summary
 
 
+def run_evaluate(cfg: DictConfig) -> dict:
+    """Score a model (checkpoint or prediction file) or a baseline beside every baseline; write one eval JSON."""
+    from scfate.data.prepare import prepare
+    from scfate.eval.baselines import BASELINES, make_baseline
+    from scfate.eval.results import build_eval_json, print_table, write_eval_json
+    from scfate.eval.runner import evaluate
+
+    chosen = [k for k in ("ckpt", "baseline", "predictions") if cfg.get(k) is not None]
+    if len(chosen) != 1:
+        raise NotYetImplemented(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
+                                f"or predictions=FILE.h5ad; got {chosen or 'none'}.")
+    if cfg.ckpt is not None:
+        not_implemented(f"Evaluating ckpt={cfg.ckpt} (model checkpoints arrive with the backbone and flow head)")
+    data = prepare(instantiate_spec(cfg), cfg.paths.data_dir)
+    if cfg.baseline is not None:
+        if cfg.baseline not in BASELINES:
+            raise NotYetImplemented(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
+        model, model_name = make_baseline(cfg.baseline), f"baseline:{cfg.baseline}"
+    else:
+        from scfate.eval.predictions import AnnDataPredictions
+
+        model = AnnDataPredictions(cfg.predictions, list(data.adata.var_names), cfg.predictions_condition_key,
+                                   cfg.predictions_context_key)
+        model_name = model.name
+    scores = evaluate(data, model, list(cfg.baselines), n_cells=int(cfg.n_cells), seed=int(cfg.seed))
+    ev = build_eval_json(model_name, data, scores, OmegaConf.to_container(cfg, resolve=True))
+    print_table(ev)
+    name = model_name.split(":")[0] if cfg.predictions else model_name.replace(":", "_")
+    path = write_eval_json(ev, cfg.get("out") or output_dir(cfg) / f"eval_{name}_{data.spec.name}_seed{ev['seed']}.json")
+    print(f"eval JSON written to {path}")
+    return ev
+
+
 def not_implemented(what: str) -> None:
     raise NotYetImplemented(f"{what} is not implemented in scfate {__import__('scfate').__version__} yet; "
                             "no result was produced. It depends on the evaluation and model components.")

@@ -1,0 +1,185 @@
+"""Baselines with the model's interface: fit on training pseudobulk, predict a test condition's expression.
+
+Every baseline predicts a mean shift ``delta_hat`` from the context's control mean; its predicted cells are the
+control cells shifted by it, so mean-based metrics are exact and distribution metrics are comparable with a model's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class NotPredictable(ValueError):
+    """This predictor has no prediction for this condition; the message says why (recorded as 'not defined')."""
+
+
+@dataclass
+class Condition:
+    context: str
+    condition: str
+    perturbation: str
+    members: list[str]
+    dose: float  # NaN for genes
+    features: np.ndarray  # sum of member unit features (+ log10 dose for drugs)
+
+
+@dataclass
+class Pseudobulk:
+    """What a baseline may learn from: training (and validation) condition deltas, never test ones."""
+
+    perturbation_type: str
+    contexts: list[str]
+    ctrl_mean: dict[str, np.ndarray]  # context -> [G]
+    train: dict[str, list[tuple[Condition, np.ndarray]]]  # context -> [(condition, delta [G])]
+    val: dict[str, list[tuple[Condition, np.ndarray]]] = field(default_factory=dict)
+
+    def train_delta_mean(self, context: str) -> np.ndarray:
+        rows = self.train.get(context) or [r for c in self.contexts for r in self.train.get(c, [])]
+        if not rows:
+            raise NotPredictable("no training perturbations to average")
+        return np.mean([d for _, d in rows], axis=0)
+
+
+@dataclass
+class Prediction:
+    mean: np.ndarray  # [G] predicted mean expression
+    cells: np.ndarray  # [n, G] predicted cells (for distribution metrics)
+    notes: list[str] = field(default_factory=list)
+
+
+class Predictor:
+    """Interface shared by baselines and models."""
+
+    name = "predictor"
+
+    def fit(self, pb: Pseudobulk) -> None:
+        self.pb = pb
+
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        delta, notes = self.predict_delta(cond)
+        return Prediction(self.pb.ctrl_mean[cond.context] + delta, ctrl_cells + delta[None, :], notes)
+
+    def predict_delta(self, cond: Condition) -> tuple[np.ndarray, list[str]]:
+        raise NotPredictable(f"{self.name} predicts cells directly")
+
+
+class NoChange(Predictor):
+    name = "no_change"
+
+    def predict_delta(self, cond):
+        return np.zeros_like(self.pb.ctrl_mean[cond.context]), []
+
+
+class TrainMean(Predictor):
+    name = "train_mean"
+
+    def predict_delta(self, cond):
+        return self.pb.train_delta_mean(cond.context), []
+
+
+class Additive(Predictor):
+    """Sum of the members' single-perturbation deltas seen in training; a member never seen alone uses the mean
+    training delta instead, and the prediction says so."""
+
+    name = "additive"
+
+    def predict_delta(self, cond):
+        if self.pb.perturbation_type != "gene":
+            raise NotPredictable("additive is defined for gene combinations, not drugs")
+        singles = {c.perturbation: d for c, d in self.pb.train.get(cond.context, []) if len(c.members) == 1}
+        unseen = [m for m in cond.members if m not in singles]
+        total = sum((singles[m] for m in cond.members if m in singles), np.zeros_like(self.pb.ctrl_mean[cond.context]))
+        if unseen:
+            total = total + len(unseen) * self.pb.train_delta_mean(cond.context)
+        notes = [f"members {unseen} never seen alone in training: used train_mean for them"] if unseen else []
+        return total, notes
+
+
+def _rows(pb: Pseudobulk, context: str, which: str = "train"):
+    rows = getattr(pb, which).get(context, [])
+    return np.stack([c.features for c, _ in rows]) if rows else None, np.stack([d for _, d in rows]) if rows else None
+
+
+class Linear(Predictor):
+    """Ahlmann-Eltze et al. 2025: ``Y ~ G W P^T + b`` with G the top-K PCs of the training delta matrix (genes),
+    P a K-dim PCA of the training perturbations' features, closed-form ridge with lambda = 0.1."""
+
+    name = "linear"
+
+    def __init__(self, k: int = 10, ridge: float = 0.1):
+        self.k, self.ridge = k, ridge
+
+    def fit(self, pb):
+        super().fit(pb)
+        self.models = {}
+        for ctx in pb.contexts:
+            F, Y = _rows(pb, ctx)
+            if F is None or len(F) < 2:
+                continue
+            b = Y.mean(0)
+            k = min(self.k, len(F) - 1)
+            U, _, _ = np.linalg.svd((Y - b).T, full_matrices=False)  # [G, n]
+            G = U[:, :k]
+            f_mean = F.mean(0)
+            _, _, Vt = np.linalg.svd(F - f_mean, full_matrices=False)
+            proj = Vt[: min(self.k, len(F) - 1, F.shape[1])].T  # [d, k']
+            P = (F - f_mean) @ proj
+            lam = self.ridge
+            W = np.linalg.solve(G.T @ G + lam * np.eye(G.shape[1]), G.T @ (Y - b).T @ P)
+            W = W @ np.linalg.inv(P.T @ P + lam * np.eye(P.shape[1]))
+            self.models[ctx] = (G, W, b, f_mean, proj)
+
+    def predict_delta(self, cond):
+        if cond.context not in self.models:
+            raise NotPredictable(f"fewer than 2 training perturbations in context {cond.context!r}")
+        G, W, b, f_mean, proj = self.models[cond.context]
+        return G @ W @ ((cond.features - f_mean) @ proj) + b, []
+
+
+class FeatureRidge(Predictor):
+    """Kernel ridge (RBF) from standardised perturbation features to the delta, centred on the mean training
+    delta; alpha and gamma chosen on validation perturbations when the context has them."""
+
+    name = "feature_ridge"
+    ALPHAS, GAMMA_SCALES = (0.1, 1.0, 10.0), (0.1, 1.0, 10.0)
+
+    def fit(self, pb):
+        super().fit(pb)
+        self.models, self.chosen = {}, {}
+        for ctx in pb.contexts:
+            F, Y = _rows(pb, ctx)
+            if F is not None and len(F) >= 2:
+                self.models[ctx], self.chosen[ctx] = self._fit_context(F, Y, *_rows(pb, ctx, "val"))
+
+    def _fit_context(self, F, Y, Fv, Yv):
+        from sklearn.kernel_ridge import KernelRidge
+
+        mu, sd = F.mean(0), F.std(0)
+        sd[sd == 0] = 1.0
+        y_mean = Y.mean(0)
+        grid = [(1.0, 1.0)] if Fv is None else [(a, g) for a in self.ALPHAS for g in self.GAMMA_SCALES]
+        best = None
+        for alpha, scale in grid:  # without validation perturbations: alpha 1, gamma 1/d
+            gamma = scale / F.shape[1]
+            model = KernelRidge(alpha=alpha, kernel="rbf", gamma=gamma).fit((F - mu) / sd, Y - y_mean)
+            err = 0.0 if Fv is None else float(np.mean((model.predict((Fv - mu) / sd) + y_mean - Yv) ** 2))
+            if best is None or err < best[0]:
+                best = (err, model, {"alpha": alpha, "gamma": gamma, "selected_on_val": Fv is not None})
+        return (best[1], mu, sd, y_mean), best[2]
+
+    def predict_delta(self, cond):
+        if cond.context not in self.models:
+            raise NotPredictable(f"fewer than 2 training perturbations in context {cond.context!r}")
+        model, mu, sd, y_mean = self.models[cond.context]
+        return model.predict(((cond.features - mu) / sd)[None, :])[0] + y_mean, []
+
+
+BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, FeatureRidge)}
+
+
+def make_baseline(name: str) -> Predictor:
+    if name not in BASELINES:
+        raise ValueError(f"baseline={name!r} is not a baseline; valid: {sorted(BASELINES)}.")
+    return BASELINES[name]()

@@ -1,0 +1,44 @@
+"""Evaluate predictions made elsewhere (another model, another package): an AnnData of predicted cells."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scfate.data.errors import DataError
+from scfate.eval.baselines import Condition, NotPredictable, Prediction, Predictor
+
+
+class AnnDataPredictions(Predictor):
+    """Predicted cells from an h5ad whose obs[condition_key] holds canonical condition names (and obs[context_key]
+    the context, when the dataset has several). Its genes must be the prepared dataset's genes."""
+
+    def __init__(self, path, genes: list[str], condition_key: str = "condition", context_key: str | None = None):
+        from scfate.data.load import read_h5ad
+
+        self.name = f"predictions:{path}"
+        self.adata = read_h5ad(path)
+        pred_genes = list(self.adata.var_names)
+        if pred_genes != list(genes):
+            missing = sorted(set(genes) - set(pred_genes))
+            extra = sorted(set(pred_genes) - set(genes))
+            hint = "same genes, different order" if not missing and not extra else ""
+            raise DataError(f"Prediction file {path} has other genes than the prepared dataset: missing "
+                            f"{missing[:20]}{'…' if len(missing) > 20 else ''} ({len(missing)}), extra "
+                            f"{extra[:20]}{'…' if len(extra) > 20 else ''} ({len(extra)}) {hint}. Subset/reorder it "
+                            "with pred[:, genes] to the genes of data/prepared/<dataset>/prepared.h5ad.")
+        obs = self.adata.obs
+        for key in (condition_key, context_key):
+            if key is not None and key not in obs.columns:
+                raise DataError(f"Prediction file {path} lacks obs column {key!r}; it has {list(obs.columns)}.")
+        self.cond = obs[condition_key].astype(str).to_numpy()
+        self.ctx = obs[context_key].astype(str).to_numpy() if context_key else None
+
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        mask = self.cond == cond.condition
+        if self.ctx is not None:
+            mask &= self.ctx == cond.context
+        if not mask.any():
+            raise NotPredictable(f"no predicted cells for {cond.condition!r} in context {cond.context!r}")
+        X = self.adata.X[np.flatnonzero(mask)]
+        X = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+        return Prediction(X.mean(0), X)

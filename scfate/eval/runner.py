@@ -1,0 +1,163 @@
+"""Evaluation runner: predict every test condition, score it with every metric, beside every baseline.
+
+Reads cells in row batches (never the whole matrix). Baselines learn only from training (and validation)
+pseudobulk; test means are computed here and never reach a predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from scfate.data import schema
+from scfate.data.datamodule import RowReader, condition_groups
+from scfate.eval import metrics as M
+from scfate.eval.baselines import BASELINES, Condition, NotPredictable, Predictor, Pseudobulk, make_baseline
+
+log = logging.getLogger(__name__)
+
+
+def mean_rows(reader: RowReader, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mean of the given rows, read ``chunk`` rows at a time (float64 accumulator)."""
+    total = None
+    for start in range(0, len(idx), chunk):
+        part = reader(idx[start:start + chunk]).astype(np.float64).sum(0)
+        total = part if total is None else total + part
+    return total / len(idx)
+
+
+def sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(idx, n, replace=False)) if len(idx) > n else idx
+
+
+class EvalData:
+    """Everything the runner needs from a `PreparedData`, computed once: means, DE indices, PCA, conditions."""
+
+    def __init__(self, data, n_cells: int = 300, n_pcs: int = 30, seed: int = 0):
+        self.data, self.n_cells = data, n_cells
+        self.rng = np.random.default_rng(seed)
+        adata = data.adata
+        self.reader = (RowReader(path=data.cache_dir / "prepared.h5ad") if adata.isbacked
+                       else RowReader(matrix=adata.X))
+        obs = adata.obs
+        self.genes = list(adata.var_names)
+        gene_pos = {g: i for i, g in enumerate(self.genes)}
+        ctx = obs[schema.CONTEXT].astype(str).to_numpy()
+        is_ctrl = obs[schema.IS_CONTROL].to_numpy()
+        self.contexts = data.meta["contexts"]
+        self.controls = {c: np.flatnonzero(is_ctrl & (ctx == c)) for c in self.contexts}
+        self.ctrl_mean = {c: mean_rows(self.reader, i) for c, i in self.controls.items()}
+        self.groups = {s: condition_groups(obs, set(getattr(data.split, s))) for s in ("train", "val", "test")}
+        feats, units = data.features, data.features.index()
+        dose = obs[schema.DOSE].to_numpy()
+
+        def condition(g) -> Condition:
+            members = data.members(g.perturbation)
+            vec = feats.matrix[[units[m] for m in members]].sum(0).astype(np.float64)
+            d = float(dose[g.cells[0]])
+            if data.spec.perturbation_type == "drug":
+                vec = np.append(vec, np.log10(d))
+            return Condition(g.context, g.condition, g.perturbation, members, d, vec)
+
+        self.conditions = {(g.context, g.condition): condition(g) for gs in self.groups.values() for g in gs}
+        self.means = {(g.context, g.condition): mean_rows(self.reader, g.cells)
+                      for s in ("train", "val", "test") for g in self.groups[s]}
+        self.de = {}
+        for g in self.groups["test"]:
+            entry = data.de.get(g.context, {}).get(g.condition)
+            self.de[(g.context, g.condition)] = (
+                np.array([gene_pos[x] for x in entry["top_de"]]) if entry else np.array([], int),
+                np.array([gene_pos[x] for x in entry["top_non_dropout_de"]]) if entry else np.array([], int))
+        self._fit_pca(n_pcs)
+        self.subgroup_of = {p: name for name, ps in data.split.subgroups.get("test", {}).items() for p in ps}
+
+    def _fit_pca(self, n_pcs: int) -> None:
+        """PCA on (up to 5000) training cells, controls included: the space of the distribution metrics."""
+        from sklearn.decomposition import PCA
+
+        train = np.concatenate([g.cells for g in self.groups["train"]] + list(self.controls.values()))
+        X = self.reader(sample(train, 5000, self.rng))
+        self.pca = PCA(n_components=min(n_pcs, min(X.shape) - 1), random_state=0).fit(X)
+
+    def pseudobulk(self) -> Pseudobulk:
+        def rows(which):
+            out = {}
+            for g in self.groups[which]:
+                key = (g.context, g.condition)
+                out.setdefault(g.context, []).append((self.conditions[key], self.means[key] - self.ctrl_mean[g.context]))
+            return out
+
+        return Pseudobulk(self.data.spec.perturbation_type, self.contexts, self.ctrl_mean, rows("train"), rows("val"))
+
+
+def score(ed: EvalData, predictor: Predictor) -> dict:
+    """Per-condition metrics of one predictor on the test set, aggregated overall and per subgroup."""
+    entries, deltas = {}, {}
+    for g in ed.groups["test"]:
+        key = (g.context, g.condition)
+        cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
+        de_idx, de_nd_idx = ed.de[key]
+        entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
+                 "subgroup": ed.subgroup_of.get(g.perturbation, "test"), "n_true_cells": int(len(g.cells)),
+                 "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {}, "undefined": {}}
+        if len(de_idx) < M.N_DE:
+            entry["notes"] = [f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those"]
+        entries[f"{g.context}/{g.condition}"] = entry
+        ctrl_cells = ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng))
+        try:
+            pred = predictor.predict(cond, ctrl_cells)
+        except NotPredictable as exc:
+            entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
+            continue
+        entry.setdefault("notes", []).extend(pred.notes)
+        vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
+        true_cells = ed.reader(sample(g.cells, ed.n_cells, ed.rng))
+        dvals, dundef = M.distribution_metrics(ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng)),
+                                               ed.pca.transform(true_cells))
+        entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
+        deltas[entry["context"], entry["condition"]] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
+    _add_discrimination(entries, deltas)
+    for e in entries.values():
+        if not e.get("notes"):
+            e.pop("notes", None)
+    groups = sorted({e["subgroup"] for e in entries.values()})
+    return {"overall": M.aggregate(list(entries.values())),
+            "by_subgroup": {s: M.aggregate([e for e in entries.values() if e["subgroup"] == s]) for s in groups},
+            "per_perturbation": entries}
+
+
+def sample_rows(X: np.ndarray, n: int, rng) -> np.ndarray:
+    return X[np.sort(rng.choice(len(X), n, replace=False))] if len(X) > n else X
+
+
+def _add_discrimination(entries: dict, deltas: dict) -> None:
+    """Perturbation discrimination within each context, among the conditions this predictor could predict."""
+    for ctx in sorted({c for c, _ in deltas}):
+        keys = [k for k in deltas if k[0] == ctx]
+        for k in keys:
+            entry = entries[f"{k[0]}/{k[1]}"]
+            if len(keys) < 2:
+                entry["undefined"].update({m: "fewer than 2 test conditions in this context" for m in M.RANK_METRICS})
+        if len(keys) < 2:
+            continue
+        pred = np.stack([deltas[k][0] for k in keys])
+        true = np.stack([deltas[k][1] for k in keys])
+        for k, rank in zip(keys, M.discrimination_ranks(pred, true)):
+            entries[f"{k[0]}/{k[1]}"]["metrics"].update({"pds": int(rank), "pds_normalized": (rank - 1) / (len(keys) - 1)})
+
+
+def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells: int = 300, seed: int = 0) -> dict:
+    """Score ``model`` and every baseline (except the model itself) on ``data``'s test split."""
+    ed = EvalData(data, n_cells=n_cells, seed=seed)
+    pb = ed.pseudobulk()
+    names = [b for b in (baselines if baselines is not None else list(BASELINES)) if b != model.name]
+    model.fit(pb)
+    out = {"model": score(ed, model), "baselines": {}}
+    for name in names:
+        base = make_baseline(name)
+        base.fit(pb)
+        out["baselines"][name] = score(ed, base)
+    missing = sorted(set(data.split.test) - {g.perturbation for g in ed.groups["test"]})
+    out["test_perturbations_without_cells"] = missing
+    return out
