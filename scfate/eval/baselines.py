@@ -120,8 +120,8 @@ class Linear(Predictor):
                 continue
             b = Y.mean(0)
             k = min(self.k, len(F) - 1)
-            U, _, _ = np.linalg.svd((Y - b).T, full_matrices=False)  # [G, n]
-            G = U[:, :k]
+            U, S, _ = np.linalg.svd((Y - b).T, full_matrices=False)  # [G, n]
+            G = U[:, :k] * S[:k]  # PC scores of the genes, as prcomp(...)$x in the reference R code
             f_mean = F.mean(0)
             _, _, Vt = np.linalg.svd(F - f_mean, full_matrices=False)
             proj = Vt[: min(self.k, len(F) - 1, F.shape[1])].T  # [d, k']
