@@ -9,7 +9,7 @@ index and log10 dose (0 for genes).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,10 @@ class RowReader:
     A backed file is opened lazily in each process (DataLoader workers cannot share an h5py handle).
     """
 
-    def __init__(self, matrix=None, path: str | Path | None = None):
+    def __init__(self, matrix=None, path: str | Path | None = None, key: str = "X"):
         if (matrix is None) == (path is None):
             raise ValueError("RowReader needs exactly one of `matrix` or `path`.")
-        self.matrix, self.path = matrix, path
+        self.matrix, self.path, self.key = matrix, path, key  # key: "X" or "layers/counts" inside the h5ad
         self._handle, self._pid = None, None
 
     def __getstate__(self):
@@ -41,10 +41,11 @@ class RowReader:
         if self.matrix is not None:
             return self.matrix
         if self._handle is None or self._pid != os.getpid():
-            import anndata as ad
+            import h5py
+            from anndata.io import sparse_dataset
 
-            self._handle, self._pid = ad.read_h5ad(self.path, backed="r"), os.getpid()
-        return self._handle.X
+            self._handle, self._pid = sparse_dataset(h5py.File(self.path, "r")[self.key]), os.getpid()
+        return self._handle
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
@@ -100,11 +101,11 @@ class PairedBatches(Dataset):
     """Item ``token`` -> one batch of controls and perturbed cells of one randomly drawn group (same context)."""
 
     def __init__(self, reader: RowReader, groups: list[ConditionGroup], controls: dict[str, np.ndarray],
-                 encode: dict, batch_size: int, seed: int):
+                 encode: dict, batch_size: int, seed: int, counts: RowReader | None = None):
         if not groups:
             raise ValueError("No condition groups to draw batches from.")
         self.reader, self.groups, self.controls = reader, groups, controls
-        self.encode, self.batch_size, self.seed = encode, batch_size, seed
+        self.encode, self.batch_size, self.seed, self.counts = encode, batch_size, seed, counts
 
     def __len__(self):
         return len(self.groups)
@@ -116,19 +117,45 @@ class PairedBatches(Dataset):
         b = self.batch_size
         ctrl_idx = rng.choice(ctrl, b, replace=len(ctrl) < b)
         pert_idx = rng.choice(g.cells, b, replace=len(g.cells) < b)
-        return {"x_ctrl": torch.from_numpy(self.reader(ctrl_idx)), "x_pert": torch.from_numpy(self.reader(pert_idx)),
-                **self.encode[(g.context, g.condition)]}
+        batch = {"x_ctrl": torch.from_numpy(self.reader(ctrl_idx)), "x_pert": torch.from_numpy(self.reader(pert_idx)),
+                 **self.encode[(g.context, g.condition)]}
+        if self.counts is not None:  # raw counts of the same cells, for a negative-binomial decoder
+            batch["c_ctrl"] = torch.from_numpy(self.counts(ctrl_idx))
+            batch["c_pert"] = torch.from_numpy(self.counts(pert_idx))
+        return batch
+
+
+def holdout(cells: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split cell indices into (kept, held out); at least one held out when there are 5 cells or more."""
+    n_out = int(round(len(cells) * fraction))
+    if fraction > 0 and len(cells) >= 5:
+        n_out = max(n_out, 1)
+    out = np.zeros(len(cells), bool)
+    out[rng.choice(len(cells), n_out, replace=False)] = True
+    return cells[~out], cells[out]
 
 
 class PerturbationDataModule(pl.LightningDataModule):
-    """Prepares the dataset (cached) in ``prepare_data`` and builds paired loaders in ``setup``."""
+    """Prepares the dataset (cached) in ``prepare_data`` and builds paired loaders in ``setup``.
+
+    ``holdout_fraction`` of the control cells of each context and of the cells of each training condition never
+    reach training. Validation (``val_mode``) draws either the validation *perturbations* (zero-shot model
+    selection, for the flow head) or those held-out *cells* of training perturbations (for the backbone, whose
+    rotation atlas only knows training perturbations); both use held-out controls.
+    """
+
+    VAL_MODES = ("perturbations", "heldout_cells")
 
     def __init__(self, spec: DataSpec, data_dir: str | Path, batch_size: int = 64, steps_per_epoch: int = 100,
-                 val_steps: int = 20, num_workers: int = 0, seed: int = 0):
+                 val_steps: int = 20, num_workers: int = 0, seed: int = 0, holdout_fraction: float = 0.1,
+                 val_mode: str = "perturbations", with_counts: bool = False):
         super().__init__()
+        if val_mode not in self.VAL_MODES:
+            raise ValueError(f"val_mode={val_mode!r}; valid: {list(self.VAL_MODES)}.")
         self.spec, self.data_dir = spec, Path(data_dir)
         self.batch_size, self.steps_per_epoch, self.val_steps = batch_size, steps_per_epoch, val_steps
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.holdout_fraction = num_workers, seed, holdout_fraction
+        self.val_mode, self.with_counts = val_mode, with_counts
         self.data = None
 
     def prepare_data(self):
@@ -143,14 +170,27 @@ class PerturbationDataModule(pl.LightningDataModule):
 
         self.data = data = prepare(self.spec, self.data_dir)
         obs = data.adata.obs
-        self.reader = (RowReader(path=data.cache_dir / "prepared.h5ad") if self.spec.backed
-                       else RowReader(matrix=data.adata.X))
+        path = data.cache_dir / "prepared.h5ad"
+        self.reader = RowReader(path=path) if self.spec.backed else RowReader(matrix=data.adata.X)
+        self.counts = None
+        if self.with_counts:
+            if "counts" not in data.adata.layers:
+                raise ValueError(f"with_counts=True but {data.spec.name} has no raw counts (input was "
+                                 f"{data.meta['input_type']}): use the MSE likelihood.")
+            self.counts = (RowReader(path=path, key="layers/counts") if self.spec.backed
+                           else RowReader(matrix=data.adata.layers["counts"]))
         self.contexts = data.meta["contexts"]
         self.perturbations = data.perturbations
+        rng = np.random.default_rng([self.seed, 7])
         ctx = obs[schema.CONTEXT].astype(str).to_numpy()
         is_ctrl = obs[schema.IS_CONTROL].to_numpy()
-        self.controls = {c: np.flatnonzero(is_ctrl & (ctx == c)) for c in self.contexts}
+        split = {c: holdout(np.flatnonzero(is_ctrl & (ctx == c)), self.holdout_fraction, rng) for c in self.contexts}
+        self.controls = {c: kept for c, (kept, _) in split.items()}
+        self.heldout_controls = {c: out if len(out) else kept for c, (kept, out) in split.items()}
         self.groups = {name: condition_groups(obs, set(getattr(data.split, name))) for name in ("train", "val", "test")}
+        kept_held = [holdout(g.cells, self.holdout_fraction, rng) for g in self.groups["train"]]
+        self.groups["heldout"] = [replace(g, cells=out) for g, (_, out) in zip(self.groups["train"], kept_held) if len(out)]
+        self.groups["train"] = [replace(g, cells=kept) for g, (kept, _) in zip(self.groups["train"], kept_held)]
         self.encode = {(g.context, g.condition): self.encode_condition(g.context, g.perturbation, obs, g.cells[0])
                        for groups in self.groups.values() for g in groups}
 
@@ -172,14 +212,16 @@ class PerturbationDataModule(pl.LightningDataModule):
                 "context": torch.tensor(self.contexts.index(context)),
                 "log10_dose": torch.tensor(np.log10(dose) if np.isfinite(dose) else 0.0, dtype=torch.float32)}
 
-    def _loader(self, set_name: str, steps: int, seed: int, fixed: bool) -> DataLoader:
-        dataset = PairedBatches(self.reader, self.groups[set_name], self.controls, self.encode, self.batch_size, seed)
+    def _loader(self, groups: str, controls: dict, steps: int, seed: int, fixed: bool) -> DataLoader:
+        dataset = PairedBatches(self.reader, self.groups[groups], controls, self.encode, self.batch_size, seed,
+                                self.counts)
         return DataLoader(dataset, batch_size=None, sampler=_StepSampler(steps, fixed), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.steps_per_epoch, self.seed, fixed=False)
+        return self._loader("train", self.controls, self.steps_per_epoch, self.seed, fixed=False)
 
     def val_dataloader(self) -> DataLoader:
         # a stream distinct from training, the same draws at every validation pass
-        return self._loader("val", self.val_steps, self.seed + 10_000, fixed=True)
+        groups = "val" if self.val_mode == "perturbations" else "heldout"
+        return self._loader(groups, self.heldout_controls, self.val_steps, self.seed + 10_000, fixed=True)
