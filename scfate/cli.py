@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("scfate")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ("prepare", "backbone", "flow")
+IMPLEMENTED_STAGES = ("prepare", "backbone")
 
 
 class NotYetImplemented(RuntimeError):
@@ -75,14 +76,15 @@ def run_train(cfg: DictConfig) -> dict:
         raise NotYetImplemented(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
     pl.seed_everything(int(cfg.seed), workers=True)
     summary = run_prepare(cfg)
-    if cfg.stage != "prepare":
+    if cfg.stage == "prepare":
+        return summary
+    if cfg.stage not in IMPLEMENTED_STAGES:
         raise NotYetImplemented(
-            f"stage={cfg.stage} is not implemented in scfate {__import__('scfate').__version__}: the rotation "
-            "autoencoder backbone and the flow head arrive in later releases. The dataset above is prepared and "
-            "cached, so they will start from it.")
-    print("Data prepared. Model training (backbone -> flow head) is not implemented yet; "
-          "this run prepared and summarised the dataset only.")
-    return summary
+            f"stage={cfg.stage} is not implemented in scfate {__import__('scfate').__version__}: the flow head "
+            "arrives in a later release. The dataset above is prepared and cached, so it will start from it.")
+    from scfate.pipeline import run_backbone
+
+    return run_backbone(cfg, instantiate_spec(cfg))
 
 
 def run_evaluate(cfg: DictConfig) -> dict:

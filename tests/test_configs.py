@@ -94,5 +94,6 @@ def test_logger_configs_instantiate(logger, tmp_path):
 
 def test_datamodule_config_instantiates(tmp_path):
     cfg = _compose("train", ["dataset=norman_devel"], tmp_path)
-    dm = instantiate(cfg.datamodule, spec=instantiate(cfg.data))
-    assert dm.spec.name == "norman_devel" and dm.batch_size == cfg.datamodule.batch_size and dm.data is None
+    dm = instantiate(cfg.datamodule, _partial_=True)(spec=instantiate(cfg.data))
+    assert isinstance(dm.spec, DataSpec) and dm.spec.name == "norman_devel"
+    assert dm.batch_size == cfg.datamodule.batch_size and dm.data is None

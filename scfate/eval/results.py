@@ -33,6 +33,7 @@ def build_eval_json(model_name: str, data, scores: dict, resolved_config: dict, 
         "model": model_name,
         "dataset": data.spec.name,
         "split": {"mode": split.mode, "seed": split.seed, "file": str(data.split_path), "test": split.test,
+                  "scored": scores.get("scored", "test"),
                   "subgroups": split.subgroups.get("test", {}),
                   "test_perturbations_without_cells": scores["test_perturbations_without_cells"]},
         "seed": split.seed,
@@ -75,7 +76,7 @@ def print_table(ev: dict, metrics=TABLE_METRICS) -> None:
 
     rows = {ev["model"]: ev["metrics"], **{f"baseline:{k}": v for k, v in ev["baselines"].items()}}
     table = Table(title=f"{ev['dataset']} | split {ev['split']['mode']} seed {ev['seed']} | "
-                        f"{len(ev['metrics']['per_perturbation'])} test conditions")
+                        f"{len(ev['metrics']['per_perturbation'])} {ev['split'].get('scored', 'test')} conditions")
     for col in ("subgroup", "n", "predictor", *metrics):
         table.add_column(col, justify="left" if col in ("subgroup", "predictor") else "right")
     groups = ["overall"] + sorted(ev["metrics"]["by_subgroup"])

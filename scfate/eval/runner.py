@@ -34,8 +34,8 @@ def sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 class EvalData:
     """Everything the runner needs from a `PreparedData`, computed once: means, DE indices, PCA, conditions."""
 
-    def __init__(self, data, n_cells: int = 300, n_pcs: int = 30, seed: int = 0):
-        self.data, self.n_cells = data, n_cells
+    def __init__(self, data, n_cells: int = 300, n_pcs: int = 30, seed: int = 0, score_set: str = "test"):
+        self.data, self.n_cells, self.score_set = data, n_cells, score_set
         self.rng = np.random.default_rng(seed)
         adata = data.adata
         self.reader = (RowReader(path=data.cache_dir / "prepared.h5ad") if adata.isbacked
@@ -64,13 +64,13 @@ class EvalData:
         self.means = {(g.context, g.condition): mean_rows(self.reader, g.cells)
                       for s in ("train", "val", "test") for g in self.groups[s]}
         self.de = {}
-        for g in self.groups["test"]:
+        for g in self.groups[score_set]:
             entry = data.de.get(g.context, {}).get(g.condition)
             self.de[(g.context, g.condition)] = (
                 np.array([gene_pos[x] for x in entry["top_de"]]) if entry else np.array([], int),
                 np.array([gene_pos[x] for x in entry["top_non_dropout_de"]]) if entry else np.array([], int))
         self._fit_pca(n_pcs)
-        self.subgroup_of = {p: name for name, ps in data.split.subgroups.get("test", {}).items() for p in ps}
+        self.subgroup_of = {p: name for name, ps in data.split.subgroups.get(score_set, {}).items() for p in ps}
 
     def _fit_pca(self, n_pcs: int) -> None:
         """PCA on (up to 5000) training cells, controls included: the space of the distribution metrics."""
@@ -92,14 +92,15 @@ class EvalData:
 
 
 def score(ed: EvalData, predictor: Predictor) -> dict:
-    """Per-condition metrics of one predictor on the test set, aggregated overall and per subgroup."""
+    """Per-condition metrics of one predictor on ``ed.score_set`` (the test set unless an oracle check asks for
+    training perturbations), aggregated overall and per subgroup."""
     entries, deltas = {}, {}
-    for g in ed.groups["test"]:
+    for g in ed.groups[ed.score_set]:
         key = (g.context, g.condition)
         cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
         de_idx, de_nd_idx = ed.de[key]
         entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                 "subgroup": ed.subgroup_of.get(g.perturbation, "test"), "n_true_cells": int(len(g.cells)),
+                 "subgroup": ed.subgroup_of.get(g.perturbation, ed.score_set), "n_true_cells": int(len(g.cells)),
                  "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {}, "undefined": {}}
         if len(de_idx) < M.N_DE:
             entry["notes"] = [f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those"]
@@ -147,9 +148,10 @@ def _add_discrimination(entries: dict, deltas: dict) -> None:
             entries[f"{k[0]}/{k[1]}"]["metrics"].update({"pds": int(rank), "pds_normalized": (rank - 1) / (len(keys) - 1)})
 
 
-def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells: int = 300, seed: int = 0) -> dict:
-    """Score ``model`` and every baseline (except the model itself) on ``data``'s test split."""
-    ed = EvalData(data, n_cells=n_cells, seed=seed)
+def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells: int = 300, seed: int = 0,
+             score_set: str = "test") -> dict:
+    """Score ``model`` and every baseline (except the model itself) on ``data``'s test split (or ``score_set``)."""
+    ed = EvalData(data, n_cells=n_cells, seed=seed, score_set=score_set)
     pb = ed.pseudobulk()
     names = [b for b in (baselines if baselines is not None else list(BASELINES)) if b != model.name]
     model.fit(pb)
@@ -158,6 +160,7 @@ def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells
         base = make_baseline(name)
         base.fit(pb)
         out["baselines"][name] = score(ed, base)
-    missing = sorted(set(data.split.test) - {g.perturbation for g in ed.groups["test"]})
+    missing = sorted(set(getattr(data.split, score_set)) - {g.perturbation for g in ed.groups[score_set]})
     out["test_perturbations_without_cells"] = missing
+    out["scored"] = score_set
     return out

@@ -1,0 +1,1 @@
+"""LightningModules (thin: losses, logging, optimisers) and checkpoint export/import."""

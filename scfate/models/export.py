@@ -1,0 +1,84 @@
+"""Self-describing backbone checkpoints: plain hyperparameters at the top level, state dicts beside them, the gene
+list, perturbation vocabulary, rotation atlas, split and data sha256. Loadable with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from scfate import __version__
+from scfate.data.errors import DataError
+from scfate.utils.io import atomic_path, atomic_write_json
+
+FORMAT = "scfate.backbone"
+FORMAT_VERSION = 1
+HPARAMS = ("n_genes", "n_contexts", "theta_dim", "group", "enc_hidden", "dec_hidden", "d_context", "dropout",
+           "likelihood", "lr", "atlas_lr", "weight_decay", "loss_weights", "so_rank", "so_method")
+
+
+def _plain(value):
+    """Hyperparameters as plain JSON types (tuples -> lists, OmegaConf containers -> dicts)."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def export_backbone(model, data, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``backbone.pt`` (atomically) and ``config.json`` beside it; return the .pt path."""
+    hp = {k: _plain(model.hparams[k]) for k in HPARAMS}
+    ckpt = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "scfate_version": __version__,
+        **hp,
+        "dataset": data.spec.name,
+        "encoder_state_dict": model.encoder.state_dict(),
+        "decoder_state_dict": model.decoder.state_dict(),
+        "atlas": model.atlas.detach().cpu().float().clone(),
+        "atlas_perturbations": list(model.hparams.atlas_perturbations),
+        "perturbations": list(model.hparams.perturbations),
+        "contexts": list(data.meta["contexts"]),
+        "genes": list(data.adata.var_names),
+        "split": data.split.to_dict(),
+        "data_sha256": data.meta["data_sha256"],
+        **(extra or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    config = {k: v for k, v in ckpt.items() if not k.endswith("_state_dict") and k not in ("atlas", "split", "genes")}
+    config.update({"n_genes": len(ckpt["genes"]), "n_atlas": len(ckpt["atlas_perturbations"]),
+                   "split_mode": data.split.mode, "split_seed": data.split.seed})
+    atomic_write_json(path.parent / "config.json", config)
+    return path
+
+
+def check_genes(ckpt_genes: list[str], data_genes: list[str], where: str) -> None:
+    if list(ckpt_genes) == list(data_genes):
+        return
+    missing = sorted(set(ckpt_genes) - set(data_genes))
+    extra = sorted(set(data_genes) - set(ckpt_genes))
+    order = " (same genes, different order)" if not missing and not extra else ""
+    raise DataError(f"{where} was trained on other genes than this dataset{order}: genes in the checkpoint but not "
+                    f"the data: {missing[:20]} ({len(missing)}); genes in the data but not the checkpoint: "
+                    f"{extra[:20]} ({len(extra)}). Use the dataset (and data.n_hvg) the backbone was trained on, or "
+                    "train a backbone for this dataset.")
+
+
+def load_backbone(path: str | Path, genes: list[str] | None = None):
+    """Rebuild a `RotationAE` from ``backbone.pt`` (``weights_only=True``); check the gene list if given."""
+    from scfate.models.backbone import RotationAE
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Backbone checkpoint not found: {path}. Train one with `python train.py stage=backbone`.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != FORMAT:
+        raise DataError(f"{path} is not an scFATE backbone checkpoint (format={ckpt.get('format')!r}).")
+    if genes is not None:
+        check_genes(ckpt["genes"], genes, f"Backbone {path}")
+    model = RotationAE(perturbations=ckpt["perturbations"], atlas_perturbations=ckpt["atlas_perturbations"],
+                       **{k: ckpt[k] for k in HPARAMS})
+    model.encoder.load_state_dict(ckpt["encoder_state_dict"])
+    model.decoder.load_state_dict(ckpt["decoder_state_dict"])
+    with torch.no_grad():
+        model.atlas.copy_(ckpt["atlas"])
+    return model.eval(), ckpt
