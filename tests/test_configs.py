@@ -20,6 +20,7 @@ DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONF / "logger").glob("*.yaml"))
 FEATURES = sorted(p.stem for p in (CONF / "features").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def _compose(config_name: str, overrides: list[str], tmp_path) -> object:
@@ -97,3 +98,14 @@ def test_datamodule_config_instantiates(tmp_path):
     dm = instantiate(cfg.datamodule, _partial_=True)(spec=instantiate(cfg.data))
     assert isinstance(dm.spec, DataSpec) and dm.spec.name == "norman_devel"
     assert dm.batch_size == cfg.datamodule.batch_size and dm.data is None
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_configs_instantiate(model, tmp_path):
+    from scfate.models.backbone import RotationAE
+
+    cfg = _compose("train", [f"model={model}"], tmp_path)
+    obj = instantiate(cfg.model, n_genes=12, n_contexts=2, perturbations=["A", "B", "A+B"],
+                      atlas_perturbations=["A", "B"], _convert_="all")
+    assert isinstance(obj, RotationAE) and obj.atlas.shape[0] == 2
+    assert obj.hparams.group == {"backbone": "torus", "backbone_so": "so"}[model]
