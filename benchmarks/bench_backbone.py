@@ -9,6 +9,7 @@ as in training.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -66,6 +67,7 @@ def main() -> None:
         runs = sorted((throughput(cfg, dm, k, g, args.steps) for _ in range(3)), key=lambda r: r["cells_per_s"])
         rows.append({**runs[1], "cells_per_s_runs": [r["cells_per_s"] for r in runs]})  # median of 3
     env = {"torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
            "processor": platform.processor() or platform.machine()}
     out = ROOT / "benchmarks" / "results"
     atomic_write_json(out / "bench_backbone.json", {"env": env, "results": rows})
