@@ -148,3 +148,15 @@ def check_gene_names(var_names: pd.Index) -> None:
     if len(dup):
         raise DataError(f"{len(dup)} duplicate gene name(s) in var_names, e.g. {list(dup[:10])}. Make them unique "
                         "(adata.var_names_make_unique()) or aggregate the duplicates before loading.")
+
+
+def check_same_genes(expected: list[str], got: list[str], what: str, fix: str) -> None:
+    """Raise DataError naming the genes ``got`` lacks and the extra ones, unless the lists are identical."""
+    if list(expected) == list(got):
+        return
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    shown = lambda genes: f"{genes[:20]}{'…' if len(genes) > 20 else ''} ({len(genes)})"  # noqa: E731
+    order = " (same genes, different order)" if not missing and not extra else ""
+    raise DataError(f"{what} has other genes than expected{order}: missing {shown(missing)}, extra "
+                    f"{shown(extra)}. {fix}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from scfate.data.errors import DataError
+from scfate.data.schema import check_same_genes
 from scfate.eval.baselines import Condition, NotPredictable, Prediction, Predictor
 
 
@@ -17,15 +18,9 @@ class AnnDataPredictions(Predictor):
 
         self.name = f"predictions:{path}"
         self.adata = read_h5ad(path)
-        pred_genes = list(self.adata.var_names)
-        if pred_genes != list(genes):
-            missing = sorted(set(genes) - set(pred_genes))
-            extra = sorted(set(pred_genes) - set(genes))
-            hint = "same genes, different order" if not missing and not extra else ""
-            raise DataError(f"Prediction file {path} has other genes than the prepared dataset: missing "
-                            f"{missing[:20]}{'…' if len(missing) > 20 else ''} ({len(missing)}), extra "
-                            f"{extra[:20]}{'…' if len(extra) > 20 else ''} ({len(extra)}) {hint}. Subset/reorder it "
-                            "with pred[:, genes] to the genes of data/prepared/<dataset>/prepared.h5ad.")
+        check_same_genes(genes, list(self.adata.var_names), f"Prediction file {path}",
+                         "Subset/reorder it with pred[:, genes] to the genes of the prepared dataset "
+                         "(data/prepared/<dataset>/prepared.h5ad).")
         obs = self.adata.obs
         for key in (condition_key, context_key):
             if key is not None and key not in obs.columns:

@@ -10,6 +10,7 @@ import torch
 
 from scfate import __version__
 from scfate.data.errors import DataError
+from scfate.data.schema import check_same_genes
 from scfate.utils.io import atomic_path, atomic_write_json
 
 FORMAT = "scfate.backbone"
@@ -51,18 +52,6 @@ def export_backbone(model, data, path: str | Path, extra: dict | None = None) ->
     return path
 
 
-def check_genes(ckpt_genes: list[str], data_genes: list[str], where: str) -> None:
-    if list(ckpt_genes) == list(data_genes):
-        return
-    missing = sorted(set(ckpt_genes) - set(data_genes))
-    extra = sorted(set(data_genes) - set(ckpt_genes))
-    order = " (same genes, different order)" if not missing and not extra else ""
-    raise DataError(f"{where} was trained on other genes than this dataset{order}: genes in the checkpoint but not "
-                    f"the data: {missing[:20]} ({len(missing)}); genes in the data but not the checkpoint: "
-                    f"{extra[:20]} ({len(extra)}). Use the dataset (and data.n_hvg) the backbone was trained on, or "
-                    "train a backbone for this dataset.")
-
-
 def load_backbone(path: str | Path, genes: list[str] | None = None):
     """Rebuild a `RotationAE` from ``backbone.pt`` (``weights_only=True``); check the gene list if given."""
     from scfate.models.backbone import RotationAE
@@ -74,7 +63,8 @@ def load_backbone(path: str | Path, genes: list[str] | None = None):
     if ckpt.get("format") != FORMAT:
         raise DataError(f"{path} is not an scFATE backbone checkpoint (format={ckpt.get('format')!r}).")
     if genes is not None:
-        check_genes(ckpt["genes"], genes, f"Backbone {path}")
+        check_same_genes(genes, ckpt["genes"], f"Backbone {path}",
+                         "Use the dataset (and data.n_hvg) it was trained on, or train a backbone for this dataset.")
     model = RotationAE(perturbations=ckpt["perturbations"], atlas_perturbations=ckpt["atlas_perturbations"],
                        **{k: ckpt[k] for k in HPARAMS})
     model.encoder.load_state_dict(ckpt["encoder_state_dict"])
