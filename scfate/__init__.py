@@ -5,3 +5,10 @@ Heavy dependencies (scanpy, Lightning, wandb) are imported inside the functions 
 """
 
 __version__ = "0.1.0"
+
+
+def load(path_or_hf):
+    """Load a trained flow head (path, run folder, or hf://OWNER/NAME/flow_heads/...) as a predictor."""
+    from scfate.api import load as _load
+
+    return _load(path_or_hf)

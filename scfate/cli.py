@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("scfate")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ("prepare", "backbone", "flow")
-IMPLEMENTED_STAGES = ("prepare", "backbone")
+IMPLEMENTED_STAGES = STAGES
 
 
 class NotYetImplemented(RuntimeError):
@@ -78,13 +78,13 @@ def run_train(cfg: DictConfig) -> dict:
     summary = run_prepare(cfg)
     if cfg.stage == "prepare":
         return summary
-    if cfg.stage not in IMPLEMENTED_STAGES:
-        raise NotYetImplemented(
-            f"stage={cfg.stage} is not implemented in scfate {__import__('scfate').__version__}: the flow head "
-            "arrives in a later release. The dataset above is prepared and cached, so it will start from it.")
-    from scfate.pipeline import run_backbone
+    if cfg.stage == "backbone":
+        from scfate.pipeline import run_backbone
 
-    return run_backbone(cfg, instantiate_spec(cfg))
+        return run_backbone(cfg, instantiate_spec(cfg))
+    from scfate.pipeline_flow import run_flow
+
+    return run_flow(cfg, instantiate_spec(cfg))
 
 
 def run_evaluate(cfg: DictConfig) -> dict:

@@ -37,7 +37,8 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
     ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "backbones" / cfg.data.name / f"seed{cfg.seed}"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=loggers)
+    epochs = cfg.epochs.backbone if cfg.trainer.get("max_epochs") is None else cfg.trainer.max_epochs
+    trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=loggers, max_epochs=epochs)
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

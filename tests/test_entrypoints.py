@@ -22,27 +22,47 @@ def run(args, tmp_path, expect=0):
 QUICK = ["trainer.max_epochs=1", "datamodule.steps_per_epoch=5", "datamodule.val_steps=2", "eval_n_cells=50"]
 
 
-def test_quickstart_train_prepares_data_and_trains_the_backbone(tmp_path):
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    """`python train.py` (tiny epochs): prepare -> backbone (auto) -> flow head -> zero-shot evaluation table."""
     proc = run(["train.py", *QUICK, f"paths.artifacts_dir={tmp_path / 'artifacts'}"], tmp_path)
     summary = json.loads((tmp_path / "run" / "data_summary.json").read_text())
     assert summary["dataset"] == "synthetic" and summary["input_type"] == "counts"
-    assert summary["cells"] > 5000 and summary["combinations"] > 0
     groups = {r["subgroup"]: r["perturbations"] for r in summary["split"]["rows"] if r["set"] == "test"}
     assert all(groups[g] > 0 for g in ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2"))
-    assert "combo_seen1" in proc.stdout and (tmp_path / "run" / "resolved_config.yaml").is_file()
-    out = tmp_path / "artifacts" / "backbones" / "synthetic"
-    assert {"backbone.pt", "config.json", "oracle_eval.json"} <= {p.name for p in out.iterdir()}
-    oracle = json.loads((out / "oracle_eval.json").read_text())
+    bb = tmp_path / "artifacts" / "backbones" / "synthetic"
+    assert {"backbone.pt", "config.json", "oracle_eval.json"} <= {p.name for p in bb.iterdir()}
+    oracle = json.loads((bb / "oracle_eval.json").read_text())
     assert oracle["model"] == "oracle:backbone" and oracle["split"]["scored"] == "train"
-    assert "oracle:backbone" in proc.stdout and (tmp_path / "run" / "csv").is_dir()
+    run_dir = tmp_path / "artifacts" / "flow_heads" / "synthetic" / "seed1"
+    assert {"flow_best.pt", "config.json", "flow_metrics.jsonl", "eval_synthetic_seed1.json"} <= {
+        p.name for p in run_dir.iterdir()}
+    ev = json.loads((run_dir / "eval_synthetic_seed1.json").read_text())
+    assert ev["model"] == "scfate:synthetic" and ev["split"]["scored"] == "test"
+    assert set(ev["baselines"]) == {"no_change", "train_mean", "additive", "linear", "feature_ridge", "krr_prior"}
+    assert set(ev["metrics"]["by_subgroup"]) == {"unseen_single", "combo_seen0", "combo_seen1", "combo_seen2"}
+    ckpt = torch.load(run_dir / "flow_best.pt", weights_only=True)
+    assert ckpt["prior"] == "krr" and ckpt["n_steps"] == 20 and "v_net_state_dict" in ckpt
+    assert "scfate:synthetic" in proc.stdout and "baseline:feature_ridge" in proc.stdout
+
+
+def test_multirun_two_seeds_share_one_backbone(tmp_path):
+    art = tmp_path / "artifacts"
+    env_args = ["-m", "seed=1,2", *QUICK, f"paths.artifacts_dir={art}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
+    cmd = [sys.executable, "train.py", *env_args, f"paths.data_dir={tmp_path / 'data'}"]
+    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for seed in (1, 2):
+        ev = json.loads((art / "flow_heads" / "synthetic" / f"seed{seed}" / f"eval_synthetic_seed{seed}.json").read_text())
+        assert ev["seed"] == seed
+    assert proc.stdout.count("backbone exported to") == 1  # trained once by the first job, reused by the second
 
 
 def test_backbone_resumes_from_last(tmp_path):
     art = f"paths.artifacts_dir={tmp_path / 'artifacts'}"
-    run(["train.py", *QUICK, art], tmp_path)
+    run(["train.py", "stage=backbone", *QUICK, art], tmp_path)
     last = tmp_path / "artifacts" / "checkpoints" / "backbones" / "synthetic" / "seed1" / "last.ckpt"
     assert last.is_file()
-    proc = run(["train.py", *QUICK[1:], "trainer.max_epochs=2", "ckpt_path=last", art], tmp_path)
+    proc = run(["train.py", "stage=backbone", *QUICK[1:], "trainer.max_epochs=2", "ckpt_path=last", art], tmp_path)
     assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["epoch"] == 1  # the second epoch ran on top of the first
@@ -72,11 +92,13 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path):
     assert "Available obs columns: ['condition', 'cell_type']" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(["-m", "scfate.data", "dataset=custom", f"data.path={tmp_path / 'nope.h5ad'}"], tmp_path, expect=2)
     assert "Dataset file not found" in proc.stderr
+    proc = run(["train.py", "backbone=/nowhere/backbone.pt"], tmp_path, expect=2)
+    assert "backbone=/nowhere/backbone.pt does not exist" in proc.stderr
     proc = run(["train.py", "stage=decoder"], tmp_path, expect=2)
     assert "stage='decoder' is not a stage; valid: ['prepare', 'backbone', 'flow']" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["reflow.py", "teacher=x"], ["train.py", "stage=flow"]])
+@pytest.mark.parametrize("args", [["reflow.py", "teacher=x"]])
 def test_unimplemented_commands_say_so_and_produce_nothing(args, tmp_path):
     proc = run(args, tmp_path, expect=2)
     assert "not implemented" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,104 @@
+"""FlowHead: Lie-algebraic conditional flow matching on the backbone's rotation latent (DESIGN §2.2).
+
+For a training perturbation p: control and perturbed latents of one context are paired by minibatch optimal
+transport on the perturbation-invariant part (plane amplitudes); the target angle of a pair is
+``theta_1 = wrap(phi(z_p) - phi(z_c))``. The source is ``theta_0 ~ N(mu_prior(p), source_std^2)`` with the KRR prior
+(or 0), the path the torus geodesic with ``sigma`` noise, and the target velocity the constant algebra element
+``wrap(theta_1 - theta_0)``. The backbone is frozen: the head learns only the velocity field.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from scfate.flow import TorusPath, integrate, ot_pairs, torus_features
+from scfate.nn.velocity import VelocityNet
+
+
+class FlowHead(pl.LightningModule):
+    def __init__(self, backbone, unit_features: torch.Tensor, prior_mu: torch.Tensor, n_contexts: int,
+                 use_dose: bool = False, d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4,
+                 d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
+                 n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
+                 coupling: str = "ot"):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu"])
+        self.backbone = backbone.eval().requires_grad_(False)
+        k = backbone.hparams.theta_dim
+        self.path = TorusPath(k, sigma)
+        self.register_buffer("prior_mu", prior_mu.float())  # [n_perturbations, k]: KRR prior (zeros: none)
+        self.v_net = VelocityNet(k, backbone.group.latent_dim, n_contexts, unit_features, d_embed, d_hidden,
+                                 n_blocks, d_context, use_dose, dropout)
+        self.history: list[dict] = []  # per-epoch validation metrics, exported as flow_metrics.jsonl
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout / batch statistics changes
+        return self
+
+    def _source(self, perturbation: torch.Tensor | None, n: int, theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+        mu = (self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(self.prior_mu)).expand(n, -1)
+        return mu + self.hparams.source_std * torch.randn_like(mu)
+
+    def _pairs(self, batch):
+        ctx = batch["context"]
+        with torch.no_grad():
+            z_c = self.backbone.encode(batch["x_ctrl"], ctx).float()
+            z_p = self.backbone.encode(batch["x_pert"], ctx).float()
+        if self.hparams.coupling == "ot":
+            i, j = ot_pairs(torus_features(z_c), torus_features(z_p))
+            z_c, z_p = z_c[i], z_p[j]
+        return z_c, z_p
+
+    def fm_loss(self, batch) -> torch.Tensor:
+        z_c, z_p = self._pairs(batch)
+        theta1 = self.path.target_angle(z_c, z_p)
+        theta0 = self._source(batch["perturbation"], len(z_c))
+        t = torch.rand(len(z_c), device=z_c.device)
+        theta_t, u_t = self.path.sample(theta0, theta1, t)
+        e_p = self.v_net.embed(batch["members"].unsqueeze(0), batch["log10_dose"].reshape(1))
+        v = self.v_net(theta_t, t, e_p, z_c, batch["context"])
+        return ((v.float() - u_t) ** 2).mean()
+
+    @torch.no_grad()
+    def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
+                     members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
+                     theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+        """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G].
+
+        The source mean is the stored prior of ``perturbation``, or ``theta_mu`` for a perturbation outside the
+        training vocabulary (the API computes it from the KRR prior).
+        """
+        z_c = self.backbone.encode(x_ctrl, context).float()
+        e_p = self.v_net.embed(members.reshape(1, -1), log10_dose.reshape(1))
+        theta0 = self._source(perturbation, len(z_c), theta_mu)
+
+        def v_fn(theta, t):
+            return self.v_net(theta, t, e_p, z_c, context).float()
+
+        theta = integrate(self.path, v_fn, theta0, n_steps or self.hparams.n_steps, method=self.hparams.sampler)
+        return self.backbone.decode(self.backbone.group.act(theta, z_c), context)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.fm_loss(batch)
+        self.log("train/fm_loss", loss, prog_bar=True, batch_size=len(batch["x_ctrl"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        b = len(batch["x_ctrl"])
+        self.log("val/fm_loss", self.fm_loss(batch), batch_size=b)
+        x_hat = self.sample_cells(batch["x_ctrl"], batch["context"], batch["perturbation"], batch["members"],
+                                  batch["log10_dose"])
+        ctrl_mean = batch["x_ctrl"].mean(0)
+        delta_hat, delta = x_hat.mean(0) - ctrl_mean, batch["x_pert"].mean(0) - ctrl_mean
+        cos = torch.nn.functional.cosine_similarity(delta_hat.float(), delta.float(), dim=0)
+        self.log("val/delta_cos", cos, prog_bar=True, batch_size=b)
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+            self.history.append({"epoch": int(self.current_epoch), **metrics})
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.v_net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

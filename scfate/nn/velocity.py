@@ -1,0 +1,75 @@
+"""Velocity network of the flow head and the permutation-invariant perturbation encoder (DESIGN §2.2-2.3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from scfate.nn.autoencoder import MLP
+
+
+class SetEncoder(nn.Module):
+    """Perturbation embedding from its members' feature vectors: rho(sum_m phi(f_m)) (+ log10 dose for drugs).
+
+    Sum pooling makes ``A+B`` == ``B+A`` and gives an unseen pair of unseen genes a representation.
+    members [B, M] (unit indices, -1 = padding) -> e [B, d_embed].
+    """
+
+    def __init__(self, unit_features: torch.Tensor, d_embed: int, d_hidden: int, use_dose: bool):
+        super().__init__()
+        self.register_buffer("unit_features", unit_features.float())
+        d_feat = unit_features.shape[1]
+        self.phi = MLP(d_feat, [d_hidden], d_hidden)
+        self.rho = MLP(d_hidden + int(use_dose), [d_hidden], d_embed)
+        self.use_dose = use_dose
+
+    def forward(self, members: torch.Tensor, log10_dose: torch.Tensor) -> torch.Tensor:
+        mask = (members >= 0).unsqueeze(-1)
+        feats = self.unit_features[members.clamp_min(0)]
+        pooled = (self.phi(feats) * mask).sum(-2)
+        if self.use_dose:
+            pooled = torch.cat([pooled, log10_dose.reshape(-1, 1).to(pooled.dtype)], -1)
+        return self.rho(pooled)
+
+
+def time_embedding(t: torch.Tensor, dim: int = 32) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1]: [B] -> [B, dim]."""
+    freqs = torch.exp(torch.linspace(0, math.log(1000.0), dim // 2, device=t.device))
+    angles = t.reshape(-1, 1).float() * freqs * math.pi
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, d: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d), nn.SiLU(), nn.Linear(d, d), nn.Dropout(dropout))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.net(h)
+
+
+class VelocityNet(nn.Module):
+    """v(theta_t, t, e_p, z_c, c) -> algebra coefficients [B, k].
+
+    Angles enter as (cos, sin) so the network is periodic in theta, as a field on the torus must be.
+    """
+
+    def __init__(self, theta_dim: int, latent_dim: int, n_contexts: int, unit_features: torch.Tensor,
+                 d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4, d_context: int = 16,
+                 use_dose: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.embed = SetEncoder(unit_features, d_embed, d_hidden, use_dose)
+        self.context = nn.Embedding(n_contexts, d_context)
+        d_in = 2 * theta_dim + 32 + d_embed + latent_dim + d_context
+        self.inp = nn.Linear(d_in, d_hidden)
+        self.blocks = nn.Sequential(*[ResidualBlock(d_hidden, dropout) for _ in range(n_blocks)])
+        self.out = nn.Sequential(nn.LayerNorm(d_hidden), nn.SiLU(), nn.Linear(d_hidden, theta_dim))
+
+    def forward(self, theta: torch.Tensor, t: torch.Tensor, e_p: torch.Tensor, z_c: torch.Tensor,
+                context: torch.Tensor) -> torch.Tensor:
+        b = theta.shape[0]
+        h = torch.cat([theta.cos(), theta.sin(), time_embedding(t.expand(b) if t.dim() == 0 else t),
+                       e_p.expand(b, -1), z_c, self.context(context.expand(b))], -1)
+        return self.out(self.blocks(self.inp(h)))

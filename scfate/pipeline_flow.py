@@ -1,0 +1,173 @@
+"""Stage `flow`: resolve the backbone (path, hf://, or auto), fit the KRR prior, train the flow head, export
+``flow_heads/<dataset>/seed<N>/flow_best.pt``, and evaluate the test split beside every baseline."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from scfate.eval.baselines import Condition, Prediction, Predictor
+
+log = logging.getLogger("scfate")
+
+
+def resolve_backbone(cfg: DictConfig, spec) -> Path:
+    """``backbone=auto``: reuse artifacts/backbones/<dataset>/backbone.pt or train it first, under a file lock so
+    that parallel multirun jobs train it once; otherwise a path (or hf:// reference, via scfate.hub later)."""
+    from scfate.data.errors import DataError
+    from scfate.pipeline import backbone_dir, run_backbone
+
+    ref = str(cfg.get("backbone", "auto"))
+    if ref != "auto":
+        path = Path(ref)
+        if not path.is_file():
+            raise DataError(f"backbone={ref} does not exist. Give a backbone.pt path, or backbone=auto to reuse "
+                            "or train artifacts/backbones/<dataset>/backbone.pt.")
+        return path
+    from filelock import FileLock
+
+    out = backbone_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".train.lock")):
+        if not (out / "backbone.pt").is_file():
+            log.info("no backbone at %s: training it first", out)
+            run_backbone(cfg, spec)
+    return out / "backbone.pt"
+
+
+def _circular_mean(theta: torch.Tensor) -> torch.Tensor:
+    return torch.atan2(theta.sin().mean(0), theta.cos().mean(0))
+
+
+@torch.no_grad()
+def empirical_angles(backbone, dm, groups, n: int = 128) -> dict[str, torch.Tensor]:
+    """Mean rotation of a perturbation measured in the latent (circular mean of pair angles), for validation."""
+    out: dict[str, list] = {}
+    rng = np.random.default_rng(0)
+    for g in groups:
+        ctx = torch.tensor(dm.contexts.index(g.context))
+        ctrl = dm.heldout_controls[g.context]
+        xc = torch.from_numpy(dm.reader(rng.choice(ctrl, n, replace=len(ctrl) < n)))
+        xp = torch.from_numpy(dm.reader(rng.choice(g.cells, n, replace=len(g.cells) < n)))
+        rel = backbone.group.relative_angle(backbone.encode(xc, ctx), backbone.encode(xp, ctx))
+        out.setdefault(g.perturbation, []).append(_circular_mean(rel))
+    return {p: _circular_mean(torch.stack(v)) for p, v in out.items()}
+
+
+def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """KRR from perturbation features to the atlas angles (train), selected on validation perturbations."""
+    from scfate.prior import KRRPrior, select_krr, unwrap_around_mean
+
+    k = backbone.hparams.theta_dim
+    if cfg.prior.name == "none":
+        return torch.zeros(len(dm.perturbations), k), {"prior": "none", "krr_gamma": None, "krr_alpha": None}
+    index = {p: i for i, p in enumerate(dm.perturbations)}
+    train = list(backbone.hparams.atlas_perturbations)
+    F, Y = feats[[index[p] for p in train]], unwrap_around_mean(backbone.atlas.detach().float())
+    kernel = cfg.prior.kernel
+    alpha, gamma, selection = float(cfg.prior.krr_alpha), cfg.prior.krr_gamma, None
+    val = empirical_angles(backbone, dm, dm.groups["val"]) if cfg.prior.select else {}
+    if val:
+        vp = sorted(val)
+        centre = torch.atan2(Y.sin().mean(0), Y.cos().mean(0))
+        Yv = centre + torch.remainder(torch.stack([val[p] for p in vp]) - centre + np.pi, 2 * np.pi) - np.pi
+        selection = select_krr(F, Y, feats[[index[p] for p in vp]], Yv, kernel=kernel, standardize=kernel == "rbf")
+        alpha, gamma = selection["alpha"], selection["gamma"]
+        log.info("KRR prior selected on %d validation perturbations: alpha=%s gamma=%s (val MSE %.4f; mean-only %.4f)",
+                 len(vp), alpha, gamma, selection["val_mse"], selection["val_mse_mean_only"])
+    prior = KRRPrior(kernel, gamma=gamma, alpha=alpha, standardize=kernel == "rbf").fit(F, Y)
+    info = {"prior": "krr", "krr_kernel": kernel, "krr_gamma": gamma, "krr_alpha": alpha,
+            "krr_val_mse": selection["val_mse"] if selection else None,
+            "krr_val_mse_mean_only": selection["val_mse_mean_only"] if selection else None,
+            "state": prior.to_state()}
+    return prior.predict(feats).float(), info
+
+
+def perturbation_features(dm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit features standardised on training units [n_units, d], and per-perturbation sums [n_perts, d]."""
+    data = dm.data
+    units = data.features.index()
+    F = torch.as_tensor(data.features.matrix, dtype=torch.float32)
+    train_units = sorted({units[m] for p in data.split.train for m in data.members(p)})
+    mu, sd = F[train_units].mean(0), F[train_units].std(0)
+    F = (F - mu) / torch.where(sd > 0, sd, torch.ones_like(sd))
+    per = torch.stack([F[[units[m] for m in data.members(p)]].sum(0) for p in dm.perturbations])
+    return F, per
+
+
+class FlowPredictor(Predictor):
+    """The flow head as an evaluation predictor (one predicted cell per sampled control cell)."""
+
+    def __init__(self, head, perturbations: list[str], contexts: list[str], units: dict[str, int], name: str,
+                 n_steps: int | None = None, prior_only: bool = False):
+        self.head, self.perturbations, self.contexts, self.units = head.eval(), perturbations, contexts, units
+        self.name, self.n_steps, self.prior_only = name, n_steps, prior_only
+
+    @torch.no_grad()
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        x = torch.as_tensor(ctrl_cells, dtype=torch.float32)
+        ctx = torch.tensor(self.contexts.index(cond.context))
+        pert = torch.tensor(self.perturbations.index(cond.perturbation))
+        if self.prior_only:  # the KRR prior alone: rotate every control by the predicted mean angle
+            bb = self.head.backbone
+            out = bb.decode(bb.group.act(self.head.prior_mu[pert].expand(len(x), -1), bb.encode(x, ctx)), ctx)
+        else:
+            members = torch.tensor([self.units[m] for m in cond.members])
+            dose = torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)
+            out = self.head.sample_cells(x, ctx, pert, members, dose, self.n_steps)
+        out = out.double().numpy()
+        return Prediction(out.mean(0), out)
+
+
+def run_flow(cfg: DictConfig, spec) -> dict:
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from scfate.eval.results import build_eval_json, print_table, write_eval_json
+    from scfate.eval.runner import evaluate
+    from scfate.models.export import load_backbone
+    from scfate.models.flow_export import export_flow
+    from scfate.utils.io import atomic_write_text
+
+    bb_path = resolve_backbone(cfg, spec)
+    dm = instantiate(cfg.datamodule, _partial_=True)(spec=spec, val_mode="perturbations")
+    dm.prepare_data()
+    dm.setup("fit")
+    backbone, _ = load_backbone(bb_path, genes=list(dm.data.adata.var_names))
+    unit_feats, pert_feats = perturbation_features(dm)
+    prior_mu, prior_info = fit_prior(cfg, backbone, dm, pert_feats)
+    head = instantiate(cfg.flow.head, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
+                       n_contexts=len(dm.contexts), use_dose=spec.perturbation_type == "drug")
+    run_dir = Path(cfg.paths.artifacts_dir) / "flow_heads" / cfg.data.name / f"seed{cfg.seed}"
+    ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "flow_heads" / cfg.data.name / f"seed{cfg.seed}"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/delta_cos", mode="max",
+                                 save_last=True)
+    trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=[instantiate(cfg.logger)],
+                          max_epochs=cfg.epochs.flow if cfg.trainer.max_epochs is None else cfg.trainer.max_epochs)
+    trainer.fit(head, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if checkpoint.best_model_path:
+        head.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
+    head.cpu().eval()
+    path = export_flow(head, dm.data, run_dir / "flow_best.pt", bb_path, prior_info,
+                       extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
+    atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))
+    print(f"flow head exported to {path}")
+    units = dm.data.features.index()
+    model = FlowPredictor(head, dm.perturbations, dm.contexts, units, f"scfate:{cfg.data.name}")
+    scores = evaluate(dm.data, model, list(cfg.eval_baselines), n_cells=int(cfg.eval_n_cells), seed=int(cfg.seed))
+    if prior_info["prior"] == "krr":  # the prior alone, reported as a baseline (DESIGN §2.4)
+        from scfate.eval.runner import EvalData, score
+
+        ed = EvalData(dm.data, n_cells=int(cfg.eval_n_cells), seed=int(cfg.seed))
+        prior_only = FlowPredictor(head, dm.perturbations, dm.contexts, units, "krr_prior", prior_only=True)
+        prior_only.pb = ed.pseudobulk()
+        scores["baselines"]["krr_prior"] = score(ed, prior_only)
+    ev = build_eval_json(model.name, dm.data, scores, OmegaConf.to_container(cfg, resolve=True), ckpt=str(path))
+    print_table(ev)
+    write_eval_json(ev, run_dir / f"eval_{cfg.data.name}_seed{cfg.seed}.json")
+    return ev
