@@ -21,7 +21,7 @@ class FlowHead(pl.LightningModule):
                  use_dose: bool = False, d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4,
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
-                 coupling: str = "ot"):
+                 coupling: str = "ot", target: str = "atlas"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu"])
         self.backbone = backbone.eval().requires_grad_(False)
@@ -54,6 +54,11 @@ class FlowHead(pl.LightningModule):
     def fm_loss(self, batch) -> torch.Tensor:
         z_c, z_p = self._pairs(batch)
         theta1 = self.path.target_angle(z_c, z_p)
+        if self.hparams.target == "atlas" and self.backbone.atlas_index[batch["perturbation"]] >= 0:
+            # centre the pairs' spread on the backbone's learned angle: the mean rotation is the one the decoder
+            # was trained to turn into p's cells, the pairs only add the cell-to-cell spread around it
+            rel_mean = torch.atan2(theta1.sin().mean(0), theta1.cos().mean(0))
+            theta1 = self.path.group.wrap(self.backbone.theta_bar(batch["perturbation"]) + theta1 - rel_mean)
         theta0 = self._source(batch["perturbation"], len(z_c))
         t = torch.rand(len(z_c), device=z_c.device)
         theta_t, u_t = self.path.sample(theta0, theta1, t)
