@@ -16,6 +16,16 @@ def backbone_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.artifacts_dir) / "backbones" / cfg.data.name
 
 
+def finish_loggers(trainer) -> None:
+    """End the W&B run of this job (one run per job, grouped by experiment), so multirun jobs do not share one."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
 def run_backbone(cfg: DictConfig, spec) -> dict:
     """Train a RotationAE, export ``backbones/<dataset>/backbone.pt``, score the oracle check, return its JSON."""
     import torch
@@ -40,6 +50,7 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
     epochs = cfg.epochs.backbone if cfg.trainer.get("max_epochs") is None else cfg.trainer.max_epochs
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=loggers, max_epochs=epochs)
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    finish_loggers(trainer)
     if checkpoint.best_model_path:
         state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)

@@ -150,6 +150,9 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=[instantiate(cfg.logger)],
                           max_epochs=cfg.epochs.flow if cfg.trainer.max_epochs is None else cfg.trainer.max_epochs)
     trainer.fit(head, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    from scfate.pipeline import finish_loggers
+
+    finish_loggers(trainer)
     if checkpoint.best_model_path:
         head.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"])
     head.cpu().eval()

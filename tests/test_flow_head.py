@@ -100,3 +100,23 @@ def test_python_api_predicts_named_cells_and_rejects_bad_input(dm, head, tmp_pat
         model.predict(ctrl[:, genes[1:]], ["A"], context="c1")
     with pytest.raises(DataError, match="No flow-head checkpoint"):
         scfate.load(tmp_path / "nowhere")
+
+
+def test_load_from_a_local_hub_cache_offline(dm, head, tmp_path, monkeypatch):  # noqa: F811
+    """hf://OWNER/NAME/flow_heads/... resolves the flow head and its backbone from the Hub cache (no network)."""
+    import huggingface_hub.constants as C
+
+    import scfate
+
+    h, _ = head
+    snap = tmp_path / "hub" / "models--owner--scfate" / "snapshots" / ("0" * 40)
+    bb = export_backbone(h.backbone, dm.data, snap / "backbones" / "tiny" / "backbone.pt")
+    export_flow(h, dm.data, snap / "flow_heads" / "tiny" / "seed1" / "flow_best.pt", bb,
+                {"prior": "none", "krr_gamma": None, "krr_alpha": None})
+    (tmp_path / "hub" / "models--owner--scfate" / "refs").mkdir()
+    (tmp_path / "hub" / "models--owner--scfate" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = scfate.load("hf://owner/scfate/flow_heads/tiny/seed1")
+    assert model.genes == list(dm.data.adata.var_names)
+    with pytest.raises(DataError, match="offline or unreachable.*huggingface-cli download owner/scfate"):
+        scfate.load("hf://owner/scfate/flow_heads/other/seed1")
