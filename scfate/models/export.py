@@ -52,16 +52,22 @@ def export_backbone(model, data, path: str | Path, extra: dict | None = None) ->
     return path
 
 
+def read_checkpoint(path: str | Path, fmt: str, what: str, how_to_make: str) -> dict:
+    """``torch.load(..., weights_only=True)`` of an scFATE checkpoint, checking it exists and has format ``fmt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} checkpoint not found: {path}. {how_to_make}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != fmt:
+        raise DataError(f"{path} is not an scFATE {what.lower()} checkpoint (format={ckpt.get('format')!r}).")
+    return ckpt
+
+
 def load_backbone(path: str | Path, genes: list[str] | None = None):
     """Rebuild a `RotationAE` from ``backbone.pt`` (``weights_only=True``); check the gene list if given."""
     from scfate.models.backbone import RotationAE
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Backbone checkpoint not found: {path}. Train one with `python train.py stage=backbone`.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != FORMAT:
-        raise DataError(f"{path} is not an scFATE backbone checkpoint (format={ckpt.get('format')!r}).")
+    ckpt = read_checkpoint(path, FORMAT, "Backbone", "Train one with `python train.py stage=backbone`.")
     if genes is not None:
         check_same_genes(genes, ckpt["genes"], f"Backbone {path}",
                          "Use the dataset (and data.n_hvg) it was trained on, or train a backbone for this dataset.")

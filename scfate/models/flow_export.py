@@ -50,15 +50,11 @@ def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_i
 
 def load_flow(path: str | Path):
     """Rebuild a FlowHead (with its backbone) from ``flow_best.pt``; returns (head, ckpt)."""
-    from scfate.models.export import load_backbone
+    from scfate.models.export import load_backbone, read_checkpoint
     from scfate.models.flow_head import FlowHead
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Flow-head checkpoint not found: {path}. Train one with `python train.py dataset=NAME`.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != FORMAT:
-        raise DataError(f"{path} is not an scFATE flow-head checkpoint (format={ckpt.get('format')!r}).")
+    ckpt = read_checkpoint(path, FORMAT, "Flow-head", "Train one with `python train.py dataset=NAME`.")
     bb_path = (path.parent / ckpt["backbone_path"]).resolve()
     if not bb_path.is_file():
         raise DataError(f"The backbone of {path} is missing: expected {bb_path} (backbone_path="
