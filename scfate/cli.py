@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("scfate")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ("prepare", "backbone", "flow")
-IMPLEMENTED_STAGES = STAGES
 
 
 class NotYetImplemented(RuntimeError):

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scfate.eval.baselines import Condition, Prediction, Predictor
+from scfate.lie import circular_mean, wrap_angle
 
 log = logging.getLogger("scfate")
 
@@ -41,10 +42,6 @@ def resolve_backbone(cfg: DictConfig, spec) -> Path:
     return out / "backbone.pt"
 
 
-def _circular_mean(theta: torch.Tensor) -> torch.Tensor:
-    return torch.atan2(theta.sin().mean(0), theta.cos().mean(0))
-
-
 @torch.no_grad()
 def empirical_angles(backbone, dm, groups, n: int = 128) -> dict[str, torch.Tensor]:
     """Mean rotation of a perturbation measured in the latent (circular mean of pair angles), for validation."""
@@ -56,8 +53,8 @@ def empirical_angles(backbone, dm, groups, n: int = 128) -> dict[str, torch.Tens
         xc = torch.from_numpy(dm.reader(rng.choice(ctrl, n, replace=len(ctrl) < n)))
         xp = torch.from_numpy(dm.reader(rng.choice(g.cells, n, replace=len(g.cells) < n)))
         rel = backbone.group.relative_angle(backbone.encode(xc, ctx), backbone.encode(xp, ctx))
-        out.setdefault(g.perturbation, []).append(_circular_mean(rel))
-    return {p: _circular_mean(torch.stack(v)) for p, v in out.items()}
+        out.setdefault(g.perturbation, []).append(circular_mean(rel))
+    return {p: circular_mean(torch.stack(v)) for p, v in out.items()}
 
 
 def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -75,8 +72,8 @@ def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor) -> tuple[torch
     val = empirical_angles(backbone, dm, dm.groups["val"]) if cfg.prior.select else {}
     if val:
         vp = sorted(val)
-        centre = torch.atan2(Y.sin().mean(0), Y.cos().mean(0))
-        Yv = centre + torch.remainder(torch.stack([val[p] for p in vp]) - centre + np.pi, 2 * np.pi) - np.pi
+        centre = circular_mean(Y)  # validation angles unwrapped around the training atlas, like Y
+        Yv = centre + wrap_angle(torch.stack([val[p] for p in vp]) - centre)
         selection = select_krr(F, Y, feats[[index[p] for p in vp]], Yv, kernel=kernel, standardize=kernel == "rbf")
         alpha, gamma = selection["alpha"], selection["gamma"]
         log.info("KRR prior selected on %d validation perturbations: alpha=%s gamma=%s (val MSE %.4f; mean-only %.4f)",

@@ -129,7 +129,7 @@ def score(ed: EvalData, predictor: Predictor) -> dict:
 
 
 def sample_rows(X: np.ndarray, n: int, rng) -> np.ndarray:
-    return X[np.sort(rng.choice(len(X), n, replace=False))] if len(X) > n else X
+    return X[sample(np.arange(len(X)), n, rng)]
 
 
 def _add_discrimination(entries: dict, deltas: dict) -> None:

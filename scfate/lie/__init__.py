@@ -5,7 +5,7 @@ Pure torch, no Lightning. Every group operation runs in float32 even under autoc
 
 from scfate.lie.base import LieGroup, autocast_disabled, float32_ops
 from scfate.lie.so import SO, geodesic_on_sphere, plane_rotation
-from scfate.lie.torus import Torus, wrap_angle
+from scfate.lie.torus import Torus, circular_mean, wrap_angle
 
 GROUPS = ("torus", "so")
 
@@ -22,5 +22,5 @@ def build_group(name: str, latent_dim: int, **kwargs) -> LieGroup:
     raise ValueError(f"unknown group {name!r}; valid: {', '.join(GROUPS)}")
 
 
-__all__ = ["GROUPS", "SO", "LieGroup", "Torus", "autocast_disabled", "build_group", "float32_ops",
+__all__ = ["GROUPS", "SO", "LieGroup", "Torus", "autocast_disabled", "build_group", "circular_mean", "float32_ops",
            "geodesic_on_sphere", "plane_rotation", "wrap_angle"]

@@ -32,6 +32,13 @@ def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
     return torch.where(out > pi, out - 2 * pi, out)
 
 
+@float32_ops
+def circular_mean(theta: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Mean direction of angles along ``dim``: ``atan2(mean sin, mean cos)`` (the arithmetic mean of angles near
+    +-pi would point the wrong way)."""
+    return torch.atan2(theta.sin().mean(dim), theta.cos().mean(dim))
+
+
 class Torus(LieGroup):
     """``Torus(k)``: ``algebra_dim = k``, ``latent_dim = 2k``. Abelian, so ``R(a) R(b) = R(a + b)`` exactly."""
 

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from scfate.flow import TorusPath, integrate, ot_pairs, torus_features
+from scfate.lie import circular_mean
 from scfate.nn.velocity import VelocityNet
 
 
@@ -57,7 +58,7 @@ class FlowHead(pl.LightningModule):
         if self.hparams.target == "atlas" and self.backbone.atlas_index[batch["perturbation"]] >= 0:
             # centre the pairs' spread on the backbone's learned angle: the mean rotation is the one the decoder
             # was trained to turn into p's cells, the pairs only add the cell-to-cell spread around it
-            rel_mean = torch.atan2(theta1.sin().mean(0), theta1.cos().mean(0))
+            rel_mean = circular_mean(theta1)
             theta1 = self.path.group.wrap(self.backbone.theta_bar(batch["perturbation"]) + theta1 - rel_mean)
         theta0 = self._source(batch["perturbation"], len(z_c))
         t = torch.rand(len(z_c), device=z_c.device)
