@@ -62,6 +62,11 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
                            extra={"seed": int(cfg.seed), "best_val_loss": float(checkpoint.best_model_score or 0),
                                   "val_recon_r2": float(trainer.callback_metrics.get("val/recon_r2", float("nan")))})
     print(f"backbone exported to {path}")
+    from scfate.utils.reproduce import job_overrides, write_reproduce
+
+    # a backbone is shared by every flow head of its dataset: its command is this job's, as the backbone stage alone
+    keep = [o for o in job_overrides() if not o.startswith(("stage=", "prior=", "flow", "run_dir=", "epochs.flow"))]
+    write_reproduce(out, "train.py", overrides=[*keep, "stage=backbone"])
     scores = evaluate(dm.data, BackboneOracle(model, dm.contexts), baselines=["no_change", "train_mean"],
                       n_cells=int(cfg.get("eval_n_cells", 300)), seed=int(cfg.seed), score_set="train")
     ev = build_eval_json("oracle:backbone", dm.data, scores, OmegaConf.to_container(cfg, resolve=True), ckpt=str(path))

@@ -130,6 +130,7 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     from scfate.models.export import load_backbone
     from scfate.models.flow_export import export_flow
     from scfate.utils.io import atomic_write_text
+    from scfate.utils.reproduce import write_reproduce
 
     bb_path = resolve_backbone(cfg, spec)
     dm = instantiate(cfg.datamodule, _partial_=True)(spec=spec, val_mode="perturbations")
@@ -140,8 +141,11 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     prior_mu, prior_info = fit_prior(cfg, backbone, dm, pert_feats)
     head = instantiate(cfg.flow.head, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
                        n_contexts=len(dm.contexts), use_dose=spec.perturbation_type == "drug")
-    run_dir = Path(cfg.paths.artifacts_dir) / "flow_heads" / cfg.data.name / f"seed{cfg.seed}"
-    ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "flow_heads" / cfg.data.name / f"seed{cfg.seed}"
+    run_dir = Path(cfg.run_dir)
+    # Lightning checkpoints (for resume) mirror the run folder under checkpoints/
+    rel = run_dir.resolve().relative_to(Path(cfg.paths.artifacts_dir).resolve()) \
+        if run_dir.resolve().is_relative_to(Path(cfg.paths.artifacts_dir).resolve()) else Path(run_dir.name)
+    ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / rel
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/delta_cos", mode="max",
                                  save_last=True)
     trainer = instantiate(cfg.trainer, callbacks=[checkpoint], logger=[instantiate(cfg.logger)],
@@ -156,6 +160,7 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     path = export_flow(head, dm.data, run_dir / "flow_best.pt", bb_path, prior_info,
                        extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
     atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))
+    write_reproduce(run_dir, "train.py")
     print(f"flow head exported to {path}")
     units = dm.data.features.index()
     model = FlowPredictor(head, dm.perturbations, dm.contexts, units, f"scfate:{cfg.data.name}")
