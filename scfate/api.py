@@ -17,43 +17,10 @@ log = logging.getLogger("scfate")
 
 
 def _resolve(ref: str | Path) -> Path:
-    """A flow_best.pt path, a run folder holding one, or ``hf://OWNER/NAME/path/to/run`` (fetched with its
-    backbone through huggingface_hub; offline, the error says what to fetch)."""
-    ref = str(ref)
-    if ref.startswith("hf://"):
-        import torch
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+    """A flow_best.pt path, a run folder holding one, or ``hf://OWNER/NAME[@REV]/path/to/run`` (see scfate.hub)."""
+    from scfate.hub import resolve_checkpoint
 
-        parts = ref.removeprefix("hf://").strip("/").split("/")
-        repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
-        name = sub if sub.endswith(".pt") else f"{sub}/flow_best.pt"
-        try:
-            flow = Path(hf_hub_download(repo, name))
-            ckpt = torch.load(flow, map_location="cpu", weights_only=True)
-            hf_hub_download(repo, _normalise(Path(name).parent.as_posix(), ckpt["backbone_path"]))
-        except LocalEntryNotFoundError as exc:
-            raise DataError(f"Cannot fetch {name} (and its backbone) from the Hub repo {repo}: offline or "
-                            f"unreachable. Fetch it with `huggingface-cli download {repo} --include '{Path(name).parent}/*' "
-                            "'backbones/*'` when online, or pass a local path.") from exc
-        return flow
-    path = Path(ref)
-    if path.is_dir():
-        path = path / "flow_best.pt"
-    if not path.is_file():
-        raise DataError(f"No flow-head checkpoint at {ref}: give a flow_best.pt file, its run folder, or hf://...")
-    return path
-
-
-def _normalise(folder: str, rel: str) -> str:
-    """Join a repo folder with a relative path that may climb out of it ('../../backbones/x/backbone.pt')."""
-    parts = folder.split("/") if folder else []
-    for piece in rel.split("/"):
-        if piece == "..":
-            parts.pop()
-        elif piece not in ("", "."):
-            parts.append(piece)
-    return "/".join(parts)
+    return resolve_checkpoint(ref, "flow_best.pt")
 
 
 class ScfateModel:
@@ -66,20 +33,39 @@ class ScfateModel:
         self.genes, self.units = list(self.ckpt["genes"]), {u: i for i, u in enumerate(self.ckpt["units"])}
         self.contexts, self.perturbations = list(self.ckpt["contexts"]), list(self.ckpt["perturbations"])
         self.drug = self.ckpt["perturbation_type"] == "drug"
-        self.prior = None
-        if self.ckpt.get("prior") == "krr":
+        self.prior, self.space = None, self.ckpt.get("prior_space", "angle")
+        if self.ckpt.get("prior") == "krr" and self.space == "expression":
+            from scfate.prior.additive import AdditivePrior
+
+            self.prior = [AdditivePrior.from_state(st) for st in self.ckpt["prior_state"]["contexts"]]
+        elif self.ckpt.get("prior") == "krr":
             from scfate.prior import KRRPrior
 
             self.prior = KRRPrior.from_state(self.ckpt["prior_state"])
 
-    def _prior_mean(self, members: list[str]):
-        """The KRR prior's mean angle for any set of known members (sum of their standardised features)."""
+    def _prior_mean(self, members: list[str], z_ctrl, ctx):
+        """The prior's mean angle for any set of known members. Angle space: KRR of the summed standardised
+        features. Expression space: the context's additive prior, lifted through the decoder on the given
+        control latents ``z_ctrl`` exactly as in training (scfate.prior.lift)."""
         import torch
 
-        feats = self.head.v_net.embed.unit_features[[self.units[m] for m in members]].sum(0, keepdim=True)
+        idx = [self.units[m] for m in members]
         if self.prior is None:
             return torch.zeros(self.head.prior_mu.shape[1])
-        return self.prior.predict(feats)[0]
+        if self.space == "angle":
+            return self.prior.predict(self.head.v_net.embed.unit_features[idx].sum(0, keepdim=True))[0]
+        from scfate.lie import circular_mean
+        from scfate.prior.lift import decoded_means, lift_to_angles
+
+        bb = self.head.backbone
+        z = z_ctrl[: int(self.ckpt["lift_cells"])]
+        with torch.no_grad():
+            base = decoded_means(bb.group.act, bb.decode, torch.zeros(1, bb.hparams.theta_dim), z, ctx)[0]
+        target = (base + self.prior[int(ctx)].predict([idx])[0])[None, None]
+        init = circular_mean(self.head.prior_mu)[None]
+        theta, _ = lift_to_angles(bb.group.act, bb.decode, target, [z], [ctx], init,
+                                  steps=int(self.ckpt["lift_steps"]), lr=float(self.ckpt["lift_lr"]))
+        return theta[0]
 
     def _members(self, name: str) -> list[str]:
         members = [name] if self.drug else sorted({m.strip() for m in name.split("+") if m.strip()})
@@ -123,8 +109,11 @@ class ScfateModel:
             canonical = "+".join(members)
             idx = rng.choice(len(X), n_cells, replace=replace)
             log10_dose = torch.tensor(np.log10(dose) if (self.drug and dose) else 0.0, dtype=torch.float32)
-            x = self.head.sample_cells(torch.from_numpy(X[idx]), ctx, None, torch.tensor([self.units[m] for m in members]),
-                                       log10_dose, n_steps, theta_mu=self._prior_mean(members))
+            x_ctrl = torch.from_numpy(X[idx])
+            with torch.no_grad():
+                z_ctrl = self.head.backbone.encode(x_ctrl, ctx).float()
+            x = self.head.sample_cells(x_ctrl, ctx, None, torch.tensor([self.units[m] for m in members]),
+                                       log10_dose, n_steps, theta_mu=self._prior_mean(members, z_ctrl, ctx))
             blocks.append(x.float().numpy())
             obs += [{"perturbation": canonical, "context": context, "control_cell": str(adata_ctrl.obs_names[i])}
                     for i in idx]

@@ -26,11 +26,14 @@ def resolve_backbone(cfg: DictConfig, spec) -> Path:
 
     ref = str(cfg.get("backbone", "auto"))
     if ref != "auto":
-        path = Path(ref)
-        if not path.is_file():
-            raise DataError(f"backbone={ref} does not exist. Give a backbone.pt path, or backbone=auto to reuse "
-                            "or train artifacts/backbones/<dataset>/backbone.pt.")
-        return path
+        from scfate.hub import resolve_backbone_ref
+
+        try:  # a backbone.pt, its folder, or hf://OWNER/REPO[@REV]/backbones/<dataset>
+            return resolve_backbone_ref(ref)
+        except DataError as exc:
+            how = "cannot be fetched" if ref.startswith("hf://") else "does not exist"
+            raise DataError(f"backbone={ref} {how}: {exc} Or use backbone=auto to reuse or train "
+                            "artifacts/backbones/<dataset>/backbone.pt.") from exc
     from filelock import FileLock
 
     out = backbone_dir(cfg)
@@ -57,7 +60,8 @@ def empirical_angles(backbone, dm, groups, n: int = 128) -> dict[str, torch.Tens
     return {p: circular_mean(torch.stack(v)) for p, v in out.items()}
 
 
-def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor) -> tuple[torch.Tensor, dict]:
+def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor, unit_feats: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, dict]:
     """KRR from perturbation features to the atlas angles (train), selected on validation perturbations."""
     from scfate.prior import KRRPrior, select_krr, unwrap_around_mean
 
@@ -79,11 +83,76 @@ def fit_prior(cfg: DictConfig, backbone, dm, feats: torch.Tensor) -> tuple[torch
         log.info("KRR prior selected on %d validation perturbations: alpha=%s gamma=%s (val MSE %.4f; mean-only %.4f)",
                  len(vp), alpha, gamma, selection["val_mse"], selection["val_mse_mean_only"])
     prior = KRRPrior(kernel, gamma=gamma, alpha=alpha, standardize=kernel == "rbf").fit(F, Y)
-    info = {"prior": "krr", "krr_kernel": kernel, "krr_gamma": gamma, "krr_alpha": alpha,
+    if cfg.prior.get("space", "angle") == "expression":
+        return fit_expression_prior(cfg, backbone, dm, unit_feats, prior.predict(feats))
+    info = {"prior": "krr", "prior_space": "angle", "krr_kernel": kernel, "krr_gamma": gamma, "krr_alpha": alpha,
             "krr_val_mse": selection["val_mse"] if selection else None,
             "krr_val_mse_mean_only": selection["val_mse_mean_only"] if selection else None,
             "state": prior.to_state()}
     return prior.predict(feats).float(), info
+
+
+def control_latents(backbone, dm, n: int = 64, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``n`` held-out control latents per context (the lift's reference cells), and the context indices."""
+    rng = np.random.default_rng(seed)
+    z, ctxs = [], []
+    for i, c in enumerate(dm.contexts):
+        ctrl = dm.heldout_controls[c]
+        ctx = torch.tensor(i)
+        with torch.no_grad():
+            z.append(backbone.encode(torch.from_numpy(dm.reader(np.sort(rng.choice(ctrl, min(n, len(ctrl)),
+                                                                                   replace=False)))), ctx).float())
+        ctxs.append(ctx)
+    return z, ctxs
+
+
+def perturbation_deltas(dm, split: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Pseudobulk shift of each perturbation of ``split`` vs its context's controls, averaged over its conditions
+    (doses): {context: {perturbation: [G]}}."""
+    from scfate.eval.runner import mean_rows
+
+    ctrl = {c: mean_rows(dm.reader, np.concatenate([dm.controls[c], dm.heldout_controls[c]])) for c in dm.contexts}
+    out: dict[str, dict[str, list]] = {c: {} for c in dm.contexts}
+    for g in dm.groups[split]:
+        out[g.context].setdefault(g.perturbation, []).append(mean_rows(dm.reader, g.cells) - ctrl[g.context])
+    return {c: {p: torch.as_tensor(np.mean(v, 0), dtype=torch.float32) for p, v in d.items()} for c, d in out.items()}
+
+
+def fit_expression_prior(cfg: DictConfig, backbone, dm, unit_feats: torch.Tensor, theta_init: torch.Tensor):
+    """Member-additive KRR of the pseudobulk shift per context (scfate.prior.additive, ridges chosen on validation
+    perturbations), lifted to angles through the frozen decoder (scfate.prior.lift), from the angle prior."""
+    from scfate.prior.additive import AdditivePrior
+    from scfate.prior.lift import decoded_means, lift_to_angles
+
+    units = dm.data.features.index()
+    members = [[units[m] for m in dm.data.members(p)] for p in dm.perturbations]
+    rows = {s: perturbation_deltas(dm, s) for s in ("train", "val")}
+    index = {p: i for i, p in enumerate(dm.perturbations)}
+    priors, targets = [], []
+    for c in dm.contexts:
+        # a context with too few training perturbations borrows the pooled shifts of all contexts
+        src = {s: rows[s][c] if len(rows["train"][c]) >= 2 else
+               {p: d for cc in dm.contexts for p, d in rows[s][cc].items()} for s in rows}
+        fit = {s: [(members[index[p]], d) for p, d in sorted(src[s].items())] for s in src}
+        prior = AdditivePrior(cfg.prior.kernel).fit(unit_feats, fit["train"], fit["val"])
+        log.info("expression prior (%s): %s", c, prior.info)
+        priors.append(prior)
+        targets.append(prior.predict(members))
+    z, ctxs = control_latents(backbone, dm, n=int(cfg.prior.lift_cells))
+    with torch.no_grad():  # the decoded change is what a residual-decoded prediction adds to its control cells
+        zero = torch.zeros(1, backbone.hparams.theta_dim)
+        targets = [t + decoded_means(backbone.group.act, backbone.decode, zero, zc, cc)[0]
+                   for t, zc, cc in zip(targets, z, ctxs)]
+    theta, err = lift_to_angles(backbone.group.act, backbone.decode, torch.stack(targets), z, ctxs, theta_init,
+                                steps=int(cfg.prior.lift_steps), lr=float(cfg.prior.lift_lr))
+    log.info("expression prior lifted to angles: decoded-mean MSE to the target %.5f (median over perturbations)",
+             float(err.median()))
+    info = {"prior": "krr", "prior_space": "expression", "krr_kernel": cfg.prior.kernel,
+            "krr_gamma": None, "krr_alpha": None, "prior_selection": [p.info for p in priors],
+            "lift_cells": int(cfg.prior.lift_cells), "lift_steps": int(cfg.prior.lift_steps),
+            "lift_lr": float(cfg.prior.lift_lr), "lift_mse_median": float(err.median()),
+            "state": {"contexts": [p.to_state() for p in priors]}}
+    return theta, info
 
 
 def perturbation_features(dm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +181,8 @@ class FlowPredictor(Predictor):
         ctx = torch.tensor(self.contexts.index(cond.context))
         pert = torch.tensor(self.perturbations.index(cond.perturbation))
         if self.prior_only:  # the KRR prior alone: rotate every control by the predicted mean angle
-            bb = self.head.backbone
-            out = bb.decode(bb.group.act(self.head.prior_mu[pert].expand(len(x), -1), bb.encode(x, ctx)), ctx)
+            z = self.head.backbone.encode(x, ctx).float()
+            out = self.head.decode_rotated(self.head.prior_mu[pert].expand(len(x), -1), z, x, ctx)
         else:
             members = torch.tensor([self.units[m] for m in cond.members])
             dose = torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)
@@ -138,8 +207,12 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     dm.setup("fit")
     backbone, _ = load_backbone(bb_path, genes=list(dm.data.adata.var_names))
     unit_feats, pert_feats = perturbation_features(dm)
-    prior_mu, prior_info = fit_prior(cfg, backbone, dm, pert_feats)
-    head = instantiate(cfg.flow.head, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
+    prior_mu, prior_info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    target = cfg.flow.head.target
+    if target == "prior" and prior_info["prior"] == "none":  # no prior mean to centre on: learn it (atlas)
+        log.info("prior=none: the flow learns the mean angle itself (flow.head.target=atlas)")
+        target = "atlas"
+    head = instantiate(cfg.flow.head, target=target, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
                        n_contexts=len(dm.contexts), use_dose=spec.perturbation_type == "drug")
     run_dir = Path(cfg.run_dir)
     # Lightning checkpoints (for resume) mirror the run folder under checkpoints/

@@ -3,7 +3,7 @@
 Cache layout under ``<data_dir>/prepared/<name>-<key>/`` where ``key`` hashes the input file's sha256 and every
 preparation setting, so changing either prepares afresh and never reuses a stale result:
 ``prepared.h5ad`` (selected genes, log1p float32 CSR, canonical obs columns), ``de.json``, ``features.npz``,
-``meta.json`` (written last: its presence marks a complete cache), and ``splits/<mode>_seed<N>.json``.
+``meta.json`` (written last: its presence marks a complete cache), and ``splits/<mode>_seed<N>_<settings hash>.json``.
 Every file is written atomically, so concurrent multirun jobs preparing the same dataset are safe.
 """
 
@@ -167,5 +167,11 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
         split = load_split(split_path, perts)
     else:
         split = make_split(perts, spec.split, _strata(spec, adata, perts))
-        split_path = save_split(split, cache_dir / "splits" / f"{spec.split.mode}_seed{spec.split.seed}.json")
+        # every split setting is in the name (a short hash), so runs with other fractions never overwrite it
+        import dataclasses
+        import hashlib
+
+        tag = hashlib.sha256(json.dumps(dataclasses.asdict(spec.split), sort_keys=True, default=str).encode())
+        split_path = save_split(split, cache_dir / "splits" /
+                                f"{spec.split.mode}_seed{spec.split.seed}_{tag.hexdigest()[:8]}.json")
     return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path)

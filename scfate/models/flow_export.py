@@ -15,7 +15,7 @@ from scfate.utils.io import atomic_path, atomic_write_json, sha256_file
 
 FORMAT = "scfate.flow_head"
 HPARAMS = ("use_dose", "d_embed", "d_hidden", "n_blocks", "d_context", "dropout", "sigma", "source_std", "n_steps",
-           "sampler", "lr", "weight_decay", "coupling", "target")
+           "sampler", "lr", "weight_decay", "coupling", "target", "decode")
 
 
 def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_info: dict, extra: dict | None = None):
@@ -64,6 +64,6 @@ def load_flow(path: str | Path):
                         "head or restore that backbone.")
     backbone, _ = load_backbone(bb_path, genes=ckpt["genes"])
     unit_features = ckpt["v_net_state_dict"]["embed.unit_features"]
-    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"], **{k: ckpt[k] for k in HPARAMS})
+    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"], **{k: ckpt[k] for k in HPARAMS if k in ckpt})
     head.v_net.load_state_dict(ckpt["v_net_state_dict"])
     return head.eval(), ckpt

@@ -22,7 +22,7 @@ class FlowHead(pl.LightningModule):
                  use_dose: bool = False, d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4,
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
-                 coupling: str = "ot", target: str = "atlas"):
+                 coupling: str = "ot", target: str = "atlas", decode: str = "residual"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu"])
         self.backbone = backbone.eval().requires_grad_(False)
@@ -55,7 +55,11 @@ class FlowHead(pl.LightningModule):
     def fm_loss(self, batch) -> torch.Tensor:
         z_c, z_p = self._pairs(batch)
         theta1 = self.path.target_angle(z_c, z_p)
-        if self.hparams.target == "atlas" and self.backbone.atlas_index[batch["perturbation"]] >= 0:
+        if self.hparams.target == "prior":
+            # the pairs' spread around the prior's mean angle: the flow learns the cell-to-cell spread while the
+            # mean comes from the (validation-selected) prior, for training and unseen perturbations alike
+            theta1 = self.path.group.wrap(self.prior_mu[batch["perturbation"]] + theta1 - circular_mean(theta1))
+        elif self.hparams.target == "atlas" and self.backbone.atlas_index[batch["perturbation"]] >= 0:
             # centre the pairs' spread on the backbone's learned angle: the mean rotation is the one the decoder
             # was trained to turn into p's cells, the pairs only add the cell-to-cell spread around it
             rel_mean = circular_mean(theta1)
@@ -84,7 +88,16 @@ class FlowHead(pl.LightningModule):
             return self.v_net(theta, t, e_p, z_c, context).float()
 
         theta = integrate(self.path, v_fn, theta0, n_steps or self.hparams.n_steps, method=self.hparams.sampler)
-        return self.backbone.decode(self.backbone.group.act(theta, z_c), context)
+        return self.decode_rotated(theta, z_c, x_ctrl, context)
+
+    def decode_rotated(self, theta: torch.Tensor, z_c: torch.Tensor, x_ctrl: torch.Tensor, context: torch.Tensor):
+        """Cells of control latents ``z_c`` rotated by ``theta`` [B, k]. ``decode=residual`` adds the decoded change
+        to the measured control cell, ``x_c + D(R z_c) - D(z_c)``, so the autoencoder's reconstruction error (a
+        bias shared by every prediction) cancels and theta = 0 returns the controls exactly; ``direct`` is D(R z_c)."""
+        out = self.backbone.decode(self.backbone.group.act(theta, z_c), context)
+        if self.hparams.decode == "residual":
+            out = x_ctrl.to(out.dtype) + out - self.backbone.decode(z_c, context)
+        return out
 
     def training_step(self, batch, batch_idx):
         loss = self.fm_loss(batch)

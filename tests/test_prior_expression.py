@@ -1,0 +1,104 @@
+"""Expression-space prior (DESIGN §2.4, prior.space=expression): member-additive KRR and its lift to angles."""
+
+import numpy as np
+import torch
+from test_backbone import dm, make_model  # noqa: F401 - fixtures
+
+from scfate.lie import Torus
+from scfate.prior.additive import AdditivePrior
+from scfate.prior.lift import decoded_means, lift_to_angles
+
+
+def test_measured_singles_are_used_exactly_and_unseen_singles_follow_a_linear_map():
+    g = torch.Generator().manual_seed(0)
+    U, d, G = 30, 4, 12
+    F = torch.randn(U, d, generator=g)
+    W = torch.randn(d, G, generator=g)
+    shift = F @ W  # a single's shift is linear in its features
+    train = [([u], shift[u] + 0.01 * torch.randn(G, generator=g)) for u in range(20)]
+    val = [([u], shift[u]) for u in range(20, 25)]
+    prior = AdditivePrior("rbf").fit(F, train, val)
+    assert torch.equal(prior.predict([[3]])[0], train[3][1])  # a measured single is its own estimate
+    unseen = prior.predict([[u] for u in range(25, 30)])
+    mean_only = torch.stack([d for _, d in train]).mean(0)
+    err, err_mean = ((unseen - shift[25:]) ** 2).mean(), ((mean_only - shift[25:]) ** 2).mean()
+    assert err < 0.5 * err_mean, (err, err_mean)  # features carry the effect: better than the mean single
+
+
+def test_pairs_add_members_and_interaction_is_chosen_only_when_validation_asks_for_it():
+    g = torch.Generator().manual_seed(1)
+    F, G = torch.randn(10, 3, generator=g), 6
+    single = torch.randn(10, G, generator=g)
+    train = [([u], single[u]) for u in range(10)]
+    additive_pairs = [([a, b], single[a] + single[b]) for a, b in [(0, 1), (2, 3), (4, 5), (6, 7)]]
+    prior = AdditivePrior("rbf").fit(F, train + additive_pairs[:2], additive_pairs[2:])
+    assert prior.info["interaction"]["chosen"] == "none"  # exact additivity: no interaction term
+    assert torch.allclose(prior.predict([[8, 9]])[0], single[8] + single[9])
+    offset = torch.full((G,), 2.0)  # every pair shares the same non-additive shift: the mean interaction
+    shifted = [(m, d + offset) for m, d in additive_pairs]
+    prior = AdditivePrior("rbf").fit(F, train + shifted[:2], shifted[2:])
+    assert prior.info["interaction"]["chosen"] in ("mean", "krr")
+    assert torch.allclose(prior.predict([[8, 9]])[0], single[8] + single[9] + offset, atol=0.05)
+    state = AdditivePrior.from_state(prior.to_state())  # tensors only: survives a weights_only checkpoint
+    assert torch.allclose(state.predict([[8, 9]]), prior.predict([[8, 9]]))
+
+
+def test_lift_recovers_the_decoded_mean_of_a_known_rotation():
+    torch.manual_seed(0)
+    group, k, G = Torus(3), 3, 8
+    decoder = torch.nn.Sequential(torch.nn.Linear(2 * k, 16), torch.nn.Tanh(), torch.nn.Linear(16, G))
+
+    def decode(z, context):
+        return decoder(z)
+
+    z = torch.randn(40, 2 * k)
+    ctx = torch.tensor(0)
+    theta_true = torch.tensor([[0.6, -0.4, 0.2], [-0.3, 0.5, 0.1]])
+    with torch.no_grad():
+        target = decoded_means(group.act, decode, theta_true, z, ctx)
+    theta, err = lift_to_angles(group.act, decode, target[None], [z], [ctx], torch.zeros(2, k), steps=400, lr=0.05)
+    assert err.max() < 1e-5, err
+    with torch.no_grad():
+        assert torch.allclose(decoded_means(group.act, decode, theta, z, ctx), target, atol=5e-3)
+
+
+def test_expression_prior_in_a_checkpoint_predicts_an_unseen_combination(dm, tmp_path):  # noqa: F811
+    """fit (pipeline) -> export -> scfate.load -> predict: the API lifts the stored prior on the user's controls."""
+    import anndata as ad
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    import scfate
+    from scfate.models.export import export_backbone
+    from scfate.models.flow_export import export_flow
+    from scfate.models.flow_head import FlowHead
+    from scfate.pipeline_flow import fit_prior, perturbation_features
+
+    backbone = make_model(dm).eval()
+    bb_path = export_backbone(backbone, dm.data, tmp_path / "backbones" / "tiny" / "backbone.pt")
+    unit_feats, pert_feats = perturbation_features(dm)
+    cfg = OmegaConf.create({"prior": {"name": "krr", "kernel": "rbf", "krr_gamma": 0.1, "krr_alpha": 1.0,
+                                      "select": True, "space": "expression", "lift_cells": 8, "lift_steps": 20,
+                                      "lift_lr": 0.1}})
+    prior_mu, info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    assert prior_mu.shape == (len(dm.perturbations), backbone.hparams.theta_dim) and info["prior_space"] == "expression"
+    head = FlowHead(backbone, unit_feats, prior_mu, len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1, n_steps=2,
+                    target="prior")
+    path = export_flow(head, dm.data, tmp_path / "flow_heads" / "tiny" / "seed1" / "flow_best.pt", bb_path, info)
+    model = scfate.load(path)
+    ctrl = ad.AnnData(dm.reader(dm.controls["c1"][:10]), var=pd.DataFrame(index=model.genes))
+    pred = model.predict(ctrl, ["A+D"], n_cells=10, context="c1")
+    assert pred.shape == (10, len(model.genes)) and np.isfinite(pred.X).all()
+
+
+def test_residual_decoding_returns_the_controls_at_zero_rotation(dm):  # noqa: F811
+    from scfate.models.flow_head import FlowHead
+
+    backbone = make_model(dm).eval()
+    head = FlowHead(backbone, torch.randn(len(dm.data.features.units), 3), torch.zeros(len(dm.perturbations),
+                    backbone.hparams.theta_dim), len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1)
+    x = torch.from_numpy(dm.reader(np.arange(5)))
+    with torch.no_grad():
+        z = backbone.encode(x, torch.tensor(0))
+        out = head.decode_rotated(torch.zeros(5, backbone.hparams.theta_dim), z, x, torch.tensor(0))
+    assert torch.allclose(out, x, atol=1e-5)
