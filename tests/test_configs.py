@@ -109,3 +109,42 @@ def test_model_configs_instantiate(model, tmp_path):
                       atlas_perturbations=["A", "B"], _convert_="all")
     assert isinstance(obj, RotationAE) and obj.atlas.shape[0] == 2
     assert obj.hparams.group == {"backbone": "torus", "backbone_so": "so"}[model]
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# which entry point runs each Table 1 experiment (the comment at the top of each file says the same)
+EXPERIMENT_APP = {"k562_reflow_K2": "reflow", "sciplex3_mixed18_K16": "reflow", "sciplex3_router": "evaluate"}
+
+
+def test_every_table1_row_has_an_experiment():
+    assert set(EXPERIMENTS) == {"norman_flow_heads", "k562_base", "k562_reflow_K2", "sciplex3_teachers",
+                                "sciplex3_mixed18_K16", "sciplex3_router"}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_compose_into_the_card_tree(name, tmp_path):
+    app = EXPERIMENT_APP.get(name, "train")
+    cfg = _compose(app, [f"experiment={name}", f"paths.artifacts_dir={tmp_path}"], tmp_path)
+    assert cfg.run_group.startswith("table1_")
+    spec = instantiate(cfg.data)
+    assert spec.name in ("norman", "k562", "sciplex3")
+    if app == "evaluate":
+        assert cfg.router.similarities and cfg.teachers.endswith("sciplex3_path_b/teachers/*/s*")
+        return
+    rel = Path(cfg.run_dir).relative_to(tmp_path).as_posix()
+    expected = {"norman_flow_heads": "flow_heads/norman/seed1", "k562_base": "flow_heads/k562/base",
+                "k562_reflow_K2": "flow_heads/k562/reflow_K2_s1", "sciplex3_teachers": "sciplex3_path_b/teachers/priorkrr/s1",
+                "sciplex3_mixed18_K16": "sciplex3_path_b/students/mixed18_K16/s1"}[name]
+    assert rel == expected
+    if name == "sciplex3_teachers":  # one split for all 18 teachers, whatever their seed
+        assert cfg.hydra.sweeper.params == {"prior": "krr,none", "seed": "1,2,3,4,5,6,7,8,9"}
+        assert _compose(app, [f"experiment={name}", "seed=5"], tmp_path).data.split.seed == 1
+
+
+def test_slurm_launcher_config_composes_and_its_launcher_imports(tmp_path):
+    from hydra.utils import get_class
+
+    cfg = _compose("train", ["hydra/launcher=slurm"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert launcher.gpus_per_node == 1 and launcher.array_parallelism == 18 and launcher.timeout_min > 0
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"

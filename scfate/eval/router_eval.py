@@ -151,52 +151,6 @@ class Mixture(Predictor):
         return Prediction(mean, cells, [n for p in preds for n in p.notes])
 
 
-def score_many(ed, predictors: dict[str, Predictor]) -> dict[str, dict]:
-    """`scfate.eval.runner.score` for several predictors in one pass over ``ed.score_set``: every predictor sees the
-    same control cells and is compared with the same true cells. Same entry format and aggregation."""
-    from scfate.eval.runner import _add_discrimination, sample, sample_rows
-
-    entries = {n: {} for n in predictors}
-    deltas = {n: {} for n in predictors}
-    for g in ed.groups[ed.score_set]:
-        key = (g.context, g.condition)
-        cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
-        de_idx, de_nd_idx = ed.de[key]
-        ctrl_cells = ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng))
-        true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
-        for name, predictor in predictors.items():
-            entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                     "subgroup": ed.subgroup_of.get(g.perturbation, ed.score_set), "n_true_cells": int(len(g.cells)),
-                     "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
-                     "undefined": {}, "notes": []}
-            if len(de_idx) < M.N_DE:
-                entry["notes"].append(f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those")
-            entries[name][f"{g.context}/{g.condition}"] = entry
-            try:
-                pred = predictor.predict(cond, ctrl_cells)
-            except NotPredictable as exc:
-                entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
-                continue
-            entry["notes"].extend(pred.notes)
-            vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
-            dvals, dundef = M.distribution_metrics(ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng)),
-                                                   true_pcs)
-            entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
-            deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
-    out = {}
-    for name in predictors:
-        es = entries[name]
-        _add_discrimination(es, deltas[name])
-        for e in es.values():
-            if not e["notes"]:
-                e.pop("notes")
-        groups = sorted({e["subgroup"] for e in es.values()})
-        out[name] = {"overall": M.aggregate(list(es.values())),
-                     "by_subgroup": {s: M.aggregate([e for e in es.values() if e["subgroup"] == s]) for s in groups},
-                     "per_perturbation": es}
-    return out
-
-
 def drug_matrix(scores: dict[str, dict], models: list[str], drugs: list[str], metric: str) -> np.ndarray:
     """[M, D]: each model's mean of ``metric`` over each drug's conditions (doses, contexts); NaN if never defined."""
     out = np.full((len(models), len(drugs)), np.nan)
@@ -347,7 +301,7 @@ def run_router(cfg: DictConfig) -> dict:
     from scfate.data.schema import check_same_genes
     from scfate.eval.baselines import make_baseline
     from scfate.eval.results import build_eval_json, write_eval_json
-    from scfate.eval.runner import EvalData
+    from scfate.eval.runner import EvalData, score_many
     from scfate.hub.evaluate import check_split
     from scfate.models.flow_export import load_flow
     from scfate.pipeline_flow import FlowPredictor

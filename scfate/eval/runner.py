@@ -94,38 +94,50 @@ class EvalData:
 def score(ed: EvalData, predictor: Predictor) -> dict:
     """Per-condition metrics of one predictor on ``ed.score_set`` (the test set unless an oracle check asks for
     training perturbations), aggregated overall and per subgroup."""
-    entries, deltas = {}, {}
+    return score_many(ed, {"model": predictor})["model"]
+
+
+def score_many(ed: EvalData, predictors: dict[str, Predictor]) -> dict[str, dict]:
+    """:func:`score` for several predictors in one pass over ``ed.score_set``: every predictor sees the same control
+    cells and is compared with the same true cells (ensembles can then mix the very samples they are scored on)."""
+    entries = {n: {} for n in predictors}
+    deltas = {n: {} for n in predictors}
     for g in ed.groups[ed.score_set]:
         key = (g.context, g.condition)
         cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
         de_idx, de_nd_idx = ed.de[key]
-        entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                 "subgroup": ed.subgroup_of.get(g.perturbation, ed.score_set), "n_true_cells": int(len(g.cells)),
-                 "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {}, "undefined": {}}
-        if len(de_idx) < M.N_DE:
-            entry["notes"] = [f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those"]
-        entries[f"{g.context}/{g.condition}"] = entry
         ctrl_cells = ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng))
-        try:
-            pred = predictor.predict(cond, ctrl_cells)
-        except NotPredictable as exc:
-            entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
-            continue
-        entry.setdefault("notes", []).extend(pred.notes)
-        vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
-        true_cells = ed.reader(sample(g.cells, ed.n_cells, ed.rng))
-        dvals, dundef = M.distribution_metrics(ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng)),
-                                               ed.pca.transform(true_cells))
-        entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
-        deltas[entry["context"], entry["condition"]] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
-    _add_discrimination(entries, deltas)
-    for e in entries.values():
-        if not e.get("notes"):
-            e.pop("notes", None)
-    groups = sorted({e["subgroup"] for e in entries.values()})
-    return {"overall": M.aggregate(list(entries.values())),
-            "by_subgroup": {s: M.aggregate([e for e in entries.values() if e["subgroup"] == s]) for s in groups},
-            "per_perturbation": entries}
+        true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
+        for name, predictor in predictors.items():
+            entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
+                     "subgroup": ed.subgroup_of.get(g.perturbation, ed.score_set), "n_true_cells": int(len(g.cells)),
+                     "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
+                     "undefined": {}, "notes": []}
+            if len(de_idx) < M.N_DE:
+                entry["notes"].append(f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those")
+            entries[name][f"{g.context}/{g.condition}"] = entry
+            try:
+                pred = predictor.predict(cond, ctrl_cells)
+            except NotPredictable as exc:
+                entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
+                continue
+            entry["notes"].extend(pred.notes)
+            vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
+            dvals, dundef = M.distribution_metrics(ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng)),
+                                                   true_pcs)
+            entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
+            deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
+    out = {}
+    for name, es in entries.items():
+        _add_discrimination(es, deltas[name])
+        for e in es.values():
+            if not e["notes"]:
+                e.pop("notes")
+        groups = sorted({e["subgroup"] for e in es.values()})
+        out[name] = {"overall": M.aggregate(list(es.values())),
+                     "by_subgroup": {s: M.aggregate([e for e in es.values() if e["subgroup"] == s]) for s in groups},
+                     "per_perturbation": es}
+    return out
 
 
 def sample_rows(X: np.ndarray, n: int, rng) -> np.ndarray:
