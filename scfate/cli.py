@@ -88,6 +88,9 @@ def run_train(cfg: DictConfig) -> dict:
 
 def run_evaluate(cfg: DictConfig) -> dict:
     """Score a model (checkpoint or prediction file) or a baseline beside every baseline; write one eval JSON."""
+    if cfg.get("router"):  # router=default teachers=GLOB: the router ensemble (scfate/eval/router_eval.py)
+        from scfate.eval.router_eval import run_router
+        return run_router(cfg)
     from scfate.data.prepare import prepare
     from scfate.eval.baselines import BASELINES, make_baseline
     from scfate.eval.results import build_eval_json, print_table, write_eval_json
@@ -97,8 +100,10 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if len(chosen) != 1:
         raise NotYetImplemented(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
                                 f"or predictions=FILE.h5ad; got {chosen or 'none'}.")
-    if cfg.ckpt is not None:
-        not_implemented(f"Evaluating ckpt={cfg.ckpt} (model checkpoints arrive with the backbone and flow head)")
+    if cfg.ckpt is not None:  # a local flow_best.pt / run folder / hf:// ref, checked against the prepared data
+        from scfate.hub.evaluate import evaluate_checkpoint
+
+        return evaluate_checkpoint(cfg)
     data = prepare(instantiate_spec(cfg), cfg.paths.data_dir)
     if cfg.baseline is not None:
         if cfg.baseline not in BASELINES:
