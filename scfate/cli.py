@@ -17,12 +17,12 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 STAGES = ("prepare", "backbone", "flow")
 
 
-class NotYetImplemented(RuntimeError):
-    """A pipeline stage this version does not have; the message says which issue brings it."""
+class UsageError(RuntimeError):
+    """A command line that asks for something the entry point does not do (unknown stage, baseline, ...)."""
 
 
 def friendly_errors(fn):
-    """Bad input and missing stages end with one clear message and exit code 2, not a traceback."""
+    """Bad input and bad usage end with one clear message and exit code 2, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -30,7 +30,7 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, NotYetImplemented) as exc:
+        except (DataError, UsageError) as exc:
             print(f"\nscfate error: {exc}", file=sys.stderr)
             sys.exit(2)
 
@@ -72,7 +72,7 @@ def run_train(cfg: DictConfig) -> dict:
     import pytorch_lightning as pl
 
     if cfg.stage not in STAGES:
-        raise NotYetImplemented(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
+        raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
     pl.seed_everything(int(cfg.seed), workers=True)
     summary = run_prepare(cfg)
     if cfg.stage == "prepare":
@@ -98,7 +98,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
 
     chosen = [k for k in ("ckpt", "baseline", "predictions") if cfg.get(k) is not None]
     if len(chosen) != 1:
-        raise NotYetImplemented(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
+        raise UsageError(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
                                 f"or predictions=FILE.h5ad; got {chosen or 'none'}.")
     if cfg.ckpt is not None:  # a local flow_best.pt / run folder / hf:// ref, checked against the prepared data
         from scfate.hub.evaluate import evaluate_checkpoint
@@ -107,7 +107,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     data = prepare(instantiate_spec(cfg), cfg.paths.data_dir)
     if cfg.baseline is not None:
         if cfg.baseline not in BASELINES:
-            raise NotYetImplemented(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
+            raise UsageError(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
         model, model_name = make_baseline(cfg.baseline), f"baseline:{cfg.baseline}"
     else:
         from scfate.eval.predictions import AnnDataPredictions
@@ -122,8 +122,3 @@ def run_evaluate(cfg: DictConfig) -> dict:
     path = write_eval_json(ev, cfg.get("out") or output_dir(cfg) / f"eval_{name}_{data.spec.name}_seed{ev['seed']}.json")
     print(f"eval JSON written to {path}")
     return ev
-
-
-def not_implemented(what: str) -> None:
-    raise NotYetImplemented(f"{what} is not implemented in scfate {__import__('scfate').__version__} yet; "
-                            "no result was produced. It depends on the evaluation and model components.")

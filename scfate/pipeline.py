@@ -66,7 +66,7 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
 
     # a backbone is shared by every flow head of its dataset: its command is this job's, as the backbone stage alone
     keep = [o for o in job_overrides() if not o.startswith(("stage=", "prior=", "flow", "run_dir=", "epochs.flow"))]
-    write_reproduce(out, "train.py", overrides=[*keep, "stage=backbone"])
+    write_reproduce(out, "train.py", overrides=[*keep, "stage=backbone"], artifacts_dir=cfg.paths.artifacts_dir)
     scores = evaluate(dm.data, BackboneOracle(model, dm.contexts), baselines=["no_change", "train_mean"],
                       n_cells=int(cfg.get("eval_n_cells", 300)), seed=int(cfg.seed), score_set="train")
     ev = build_eval_json("oracle:backbone", dm.data, scores, OmegaConf.to_container(cfg, resolve=True), ckpt=str(path))

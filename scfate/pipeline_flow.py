@@ -20,7 +20,7 @@ log = logging.getLogger("scfate")
 
 def resolve_backbone(cfg: DictConfig, spec) -> Path:
     """``backbone=auto``: reuse artifacts/backbones/<dataset>/backbone.pt or train it first, under a file lock so
-    that parallel multirun jobs train it once; otherwise a path (or hf:// reference, via scfate.hub later)."""
+    that parallel multirun jobs train it once; otherwise a file, folder or hf:// reference (scfate.hub)."""
     from scfate.data.errors import DataError
     from scfate.pipeline import backbone_dir, run_backbone
 
@@ -233,7 +233,7 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     path = export_flow(head, dm.data, run_dir / "flow_best.pt", bb_path, prior_info,
                        extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
     atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))
-    write_reproduce(run_dir, "train.py")
+    write_reproduce(run_dir, "train.py", artifacts_dir=cfg.paths.artifacts_dir)
     print(f"flow head exported to {path}")
     units = dm.data.features.index()
     model = FlowPredictor(head, dm.perturbations, dm.contexts, units, f"scfate:{cfg.data.name}")

@@ -98,9 +98,9 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path):
     assert "stage='decoder' is not a stage; valid: ['prepare', 'backbone', 'flow']" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["reflow.py", "teacher=x"]])
-def test_unimplemented_commands_say_so_and_produce_nothing(args, tmp_path):
+@pytest.mark.parametrize("args", [["reflow.py", "teacher=x"], ["evaluate.py", "ckpt=x"]])
+def test_a_missing_checkpoint_is_named_and_nothing_is_produced(args, tmp_path):
     proc = run(args, tmp_path, expect=2)
-    assert "not implemented" in proc.stderr and "Traceback" not in proc.stderr
+    assert "No flow-head checkpoint at 'x'" in proc.stderr and "Traceback" not in proc.stderr
     made = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert not {m for m in made if m.endswith((".pt", ".ckpt")) or m.startswith("eval")}, made

@@ -120,6 +120,6 @@ def test_evaluate_py_refuses_what_it_cannot_do(tmp_path):
     proc = run(["evaluate.py"], tmp_path, expect=2)
     assert "needs exactly one of ckpt=PATH, baseline=NAME" in proc.stderr
     proc = run(["evaluate.py", "ckpt=model.pt"], tmp_path, expect=2)
-    assert "not implemented" in proc.stderr and "no result was produced" in proc.stderr
+    assert "No flow-head checkpoint at 'model.pt'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(["evaluate.py", "baseline=gears"], tmp_path, expect=2)
     assert "baseline='gears' is not a baseline" in proc.stderr
