@@ -212,7 +212,9 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     if target == "prior" and prior_info["prior"] == "none":  # no prior mean to centre on: learn it (atlas)
         log.info("prior=none: the flow learns the mean angle itself (flow.head.target=atlas)")
         target = "atlas"
-    head = instantiate(cfg.flow.head, target=target, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
+    anchor = cfg.flow.head.get("anchor", "none") if prior_info["prior"] != "none" else "none"
+    head = instantiate(cfg.flow.head, target=target, anchor=anchor, backbone=backbone, unit_features=unit_feats,
+                       prior_mu=prior_mu,
                        n_contexts=len(dm.contexts), use_dose=spec.perturbation_type == "drug")
     run_dir = Path(cfg.run_dir)
     # Lightning checkpoints (for resume) mirror the run folder under checkpoints/

@@ -102,3 +102,20 @@ def test_residual_decoding_returns_the_controls_at_zero_rotation(dm):  # noqa: F
         z = backbone.encode(x, torch.tensor(0))
         out = head.decode_rotated(torch.zeros(5, backbone.hparams.theta_dim), z, x, torch.tensor(0))
     assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_anchored_sampling_puts_the_circular_mean_on_the_prior(dm):  # noqa: F811
+    from scfate.lie import circular_mean
+    from scfate.models.flow_head import FlowHead
+
+    backbone = make_model(dm).eval()
+    k = backbone.hparams.theta_dim
+    prior = torch.linspace(-1.0, 1.0, len(dm.perturbations) * k).reshape(-1, k)
+    head = FlowHead(backbone, torch.randn(len(dm.data.features.units), 3), prior, len(dm.contexts), d_embed=8,
+                    d_hidden=16, n_blocks=1, n_steps=3, anchor="prior")
+    z = backbone.encode(torch.from_numpy(dm.reader(np.arange(20))), torch.tensor(0)).detach()
+    theta = head.sample_angles(z, torch.tensor(0), torch.tensor(1), torch.tensor([0]), torch.tensor(0.0))
+    assert torch.allclose(circular_mean(theta), prior[1], atol=1e-4)
+    head.hparams.anchor = "none"
+    free = head.sample_angles(z, torch.tensor(0), torch.tensor(1), torch.tensor([0]), torch.tensor(0.0))
+    assert not torch.allclose(circular_mean(free), prior[1], atol=1e-3)  # the untrained flow drifts from it

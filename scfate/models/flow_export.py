@@ -15,7 +15,7 @@ from scfate.utils.io import atomic_path, atomic_write_json, sha256_file
 
 FORMAT = "scfate.flow_head"
 HPARAMS = ("use_dose", "d_embed", "d_hidden", "n_blocks", "d_context", "dropout", "sigma", "source_std", "n_steps",
-           "sampler", "lr", "weight_decay", "coupling", "target", "decode")
+           "sampler", "lr", "weight_decay", "coupling", "target", "decode", "anchor")
 
 
 def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_info: dict, extra: dict | None = None):

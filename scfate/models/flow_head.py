@@ -22,7 +22,7 @@ class FlowHead(pl.LightningModule):
                  use_dose: bool = False, d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4,
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
-                 coupling: str = "ot", target: str = "atlas", decode: str = "residual"):
+                 coupling: str = "ot", target: str = "atlas", decode: str = "residual", anchor: str = "none"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu"])
         self.backbone = backbone.eval().requires_grad_(False)
@@ -72,15 +72,14 @@ class FlowHead(pl.LightningModule):
         return ((v.float() - u_t) ** 2).mean()
 
     @torch.no_grad()
-    def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
-                     members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
-                     theta_mu: torch.Tensor | None = None) -> torch.Tensor:
-        """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G].
+    def sample_angles(self, z_c: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
+                      members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
+                      theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+        """Integrate the flow from the source for control latents ``z_c`` [B, 2k] -> final angles [B, k].
 
         The source mean is the stored prior of ``perturbation``, or ``theta_mu`` for a perturbation outside the
-        training vocabulary (the API computes it from the KRR prior).
+        training vocabulary (the API computes it from the prior).
         """
-        z_c = self.backbone.encode(x_ctrl, context).float()
         e_p = self.v_net.embed(members.reshape(1, -1), log10_dose.reshape(1))
         theta0 = self._source(perturbation, len(z_c), theta_mu)
 
@@ -88,6 +87,20 @@ class FlowHead(pl.LightningModule):
             return self.v_net(theta, t, e_p, z_c, context).float()
 
         theta = integrate(self.path, v_fn, theta0, n_steps or self.hparams.n_steps, method=self.hparams.sampler)
+        if self.hparams.anchor == "prior":
+            # keep the flow's cell-to-cell spread but put its circular mean on the prior's: with a few dozen
+            # training perturbations the learned residual of an unseen one can be mostly noise
+            mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(theta)
+            theta = self.path.group.wrap(theta - circular_mean(theta) + mu)
+        return theta
+
+    @torch.no_grad()
+    def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
+                     members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
+                     theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+        """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G]."""
+        z_c = self.backbone.encode(x_ctrl, context).float()
+        theta = self.sample_angles(z_c, context, perturbation, members, log10_dose, n_steps, theta_mu)
         return self.decode_rotated(theta, z_c, x_ctrl, context)
 
     def decode_rotated(self, theta: torch.Tensor, z_c: torch.Tensor, x_ctrl: torch.Tensor, context: torch.Tensor):

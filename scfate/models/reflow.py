@@ -1,0 +1,57 @@
+"""ReflowStudent: a flow head trained on a teacher's straight couplings (DESIGN §2.5).
+
+It *is* a FlowHead (same velocity network, prior, sampler and checkpoint format), so ``export_flow`` / ``load_flow``
+and the evaluation predictor work unchanged; only the training batches (couplings instead of paired cells) and the
+model selection (validation sampled at the student's own K steps) differ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scfate.flow.reflow import reflow_loss
+from scfate.models.flow_head import FlowHead
+
+
+class ReflowStudent(FlowHead):
+    """``hparams.n_steps`` is K: validation, export and every later prediction sample with K steps."""
+
+    def coupling_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batch of couplings (rows of `Couplings`, mixed perturbations and contexts) -> scalar loss."""
+        e_p = self.v_net.embed(batch["members"], batch["log10_dose"])  # [B, d_embed]: one perturbation per row
+
+        def v_fn(theta, t):
+            return self.v_net(theta, t, e_p, batch["z_ctrl"], batch["context"])
+
+        return reflow_loss(self.path, v_fn, batch["theta0"], batch["theta1"])
+
+    def training_step(self, batch, batch_idx):
+        loss = self.coupling_loss(batch)
+        self.log("train/reflow_loss", loss, prog_bar=True, batch_size=len(batch["theta0"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # zero-shot selection on validation perturbations, sampled with K steps: the student is chosen for the
+        # step count it will be used at, not for its (teacher-like) many-step behaviour
+        x_hat = self.sample_cells(batch["x_ctrl"], batch["context"], batch["perturbation"], batch["members"],
+                                  batch["log10_dose"], n_steps=int(self.hparams.n_steps))
+        ctrl_mean = batch["x_ctrl"].mean(0)
+        delta_hat, delta = x_hat.mean(0) - ctrl_mean, batch["x_pert"].mean(0) - ctrl_mean
+        cos = torch.nn.functional.cosine_similarity(delta_hat.float(), delta.float(), dim=0)
+        self.log("val/delta_cos", cos, prog_bar=True, batch_size=len(batch["x_ctrl"]))
+
+
+def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | None = None,
+                         overrides: dict | None = None) -> ReflowStudent:
+    """A student with the teacher's architecture and weights, ``n_steps=K``, and ``prior_mu`` (default: the
+    teacher's). ``overrides``: other hyperparameters (e.g. ``lr``) that differ from the teacher's."""
+    hp = dict(teacher.hparams)
+    unknown = sorted(set(overrides or {}) - set(hp))
+    if unknown:
+        raise ValueError(f"student overrides {unknown} are not flow-head hyperparameters; valid: {sorted(hp)}")
+    hp.update(overrides or {}, n_steps=int(K))
+    prior = teacher.prior_mu if prior_mu is None else prior_mu
+    student = ReflowStudent(teacher.backbone, teacher.v_net.embed.unit_features.detach().clone(),
+                            prior.detach().clone(), **hp)
+    student.v_net.load_state_dict(teacher.v_net.state_dict())
+    return student
