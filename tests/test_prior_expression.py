@@ -82,6 +82,12 @@ def test_expression_prior_in_a_checkpoint_predicts_an_unseen_combination(dm, tmp
                                       "lift_lr": 0.1}})
     prior_mu, info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
     assert prior_mu.shape == (len(dm.perturbations), backbone.hparams.theta_dim) and info["prior_space"] == "expression"
+    cfg.prior.space, cfg.prior.auto_margin = "auto", -10.0  # a margin no score misses: auto must pick expression
+    _, auto = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    assert set(auto["prior_space_selection"]) == {"angle", "expression"} and auto["prior_space"] == "expression"
+    assert all(-1.0 <= v <= 1.0 for v in auto["prior_space_selection"].values())
+    cfg.prior.auto_margin = 10.0  # ... and one no score reaches: angle
+    assert fit_prior(cfg, backbone, dm, pert_feats, unit_feats)[1]["prior_space"] == "angle"
     head = FlowHead(backbone, unit_feats, prior_mu, len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1, n_steps=2,
                     target="prior")
     path = export_flow(head, dm.data, tmp_path / "flow_heads" / "tiny" / "seed1" / "flow_best.pt", bb_path, info)
