@@ -2,13 +2,15 @@
 
 import hydra
 
-from scfate.cli import friendly_errors, not_implemented
+from scfate.cli import friendly_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="reflow")
 @friendly_errors
 def main(cfg) -> None:
-    not_implemented(f"Reflow / distillation (K={cfg.K})")
+    from scfate.pipeline_reflow import run_reflow
+
+    run_reflow(cfg)
 
 
 if __name__ == "__main__":

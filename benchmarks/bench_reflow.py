@@ -1,0 +1,214 @@
+"""Few-step students vs their teacher, side by side on the same cells (issue 6 benchmark).
+
+One run on the built-in synthetic dataset: a teacher (trained with train.py if the work folder has none), one K=2
+reflow student (reflow.py), then the teacher at 20 and 128 steps and the student at K = 1, 2, 4, 16 predict the test
+conditions from the same control cells: wall time per 10k predicted cells and DA / cos / PDE (scfate.eval.runner).
+
+python benchmarks/bench_reflow.py [--workdir DIR] [--teacher RUN_DIR] [--reuse-student] [--threads 2] [--rounds 3]
+Writes benchmarks/results/bench_reflow.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+# "QUICK-ish": short, but long enough that the teacher is a real model (the tests' 5-step teacher is noise)
+TEACHER_ARGS = ["epochs.backbone=10", "epochs.flow=8", "eval_n_cells=100"]
+STUDENT_ARGS = ["K=2", "eval_n_cells=100"]
+# the issue's rows, plus the teacher itself at 1 and 2 steps: what the student's K steps would give without reflow
+VARIANTS = [("teacher", 20), ("teacher", 128), ("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2),
+            ("student", 4), ("student", 16)]
+
+
+def sh(args: list[str], work: Path, job: str) -> float:
+    cmd = [sys.executable, *args, f"hydra.run.dir={work / 'runs' / job}", f"paths.data_dir={work / 'data'}",
+           f"paths.artifacts_dir={work / 'artifacts'}"]
+    start = time.perf_counter()
+    # training is not what is timed here; one thread keeps it from crawling when the machine is shared
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def time_per_10k(head, predictor_inputs, n_steps: int) -> float:
+    """Seconds to predict 10,000 cells (encode, ODE, decode), conditions as in the evaluation. ``n_steps=0``: the
+    floor without any ODE (encode, rotate by the prior mean, decode), the cost no step count can remove."""
+    total = sum(len(x) for x, *_ in predictor_inputs)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x, ctx, pert, members, dose in predictor_inputs:
+            if n_steps:
+                head.sample_cells(x, ctx, pert, members, dose, n_steps)
+            else:
+                z = head.backbone.encode(x, ctx).float()
+                head.decode_rotated(head.prior_mu[pert].expand(len(x), -1), z, x, ctx)
+    return (time.perf_counter() - start) * 10_000 / total
+
+
+@torch.no_grad()
+def endpoint_errors(teacher, student, inputs, seed: int) -> dict:
+    """RMS wrapped-angle error of each variant's ODE endpoint vs the teacher at 128 steps from the same theta_0."""
+    from scfate.flow import integrate
+    from scfate.lie import wrap_angle
+
+    def solve(head, x, ctx, members, dose, theta0, steps):
+        z = head.backbone.encode(x, ctx).float()
+        e_p = head.v_net.embed(members.reshape(1, -1), dose.reshape(1))
+        return integrate(head.path, lambda th, t: head.v_net(th, t, e_p, z, ctx).float(), theta0, steps,
+                         method=head.hparams.sampler)
+
+    gen = torch.Generator().manual_seed(seed)
+    sq, disp, n = np.zeros(len(VARIANTS)), 0.0, 0
+    heads = {"teacher": teacher, "student": student}
+    for x, ctx, pert, members, dose in inputs:
+        mu = student.prior_mu[pert].expand(len(x), -1)  # the student's source is the teacher's (single reflow)
+        theta0 = mu + student.hparams.source_std * torch.randn(mu.shape, generator=gen)
+        ref = solve(teacher, x, ctx, members, dose, theta0, 128)
+        disp += float((wrap_angle(ref - theta0) ** 2).sum())
+        for i, (who, steps) in enumerate(VARIANTS):
+            sq[i] += float((wrap_angle(solve(heads[who], x, ctx, members, dose, theta0, steps) - ref) ** 2).sum())
+        n += ref.numel()
+    return {"err": list(np.sqrt(sq / n)), "displacement": (disp / n) ** 0.5}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "scfate-bench-reflow")
+    ap.add_argument("--teacher", type=Path, default=None, help="an existing synthetic teacher run folder")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds (interleaved; the minimum is reported)")
+    ap.add_argument("--n-cells", type=int, default=300, help="control cells per test condition")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reuse-student", action="store_true", help="keep the work folder's K=2 student (re-time only)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.workdir.resolve()
+    walls = {}
+    teacher_dir = args.teacher or work / "artifacts" / "flow_heads" / "synthetic" / f"seed{args.seed}"
+    if not (teacher_dir / "flow_best.pt").is_file():
+        walls["train_teacher_s"] = sh(["train.py", f"seed={args.seed}", *TEACHER_ARGS], work, "teacher")
+    student_dir = work / "artifacts" / "flow_heads" / "synthetic" / f"reflow_K2_s{args.seed}"
+    if not (args.reuse_student and (student_dir / "flow_best.pt").is_file()):
+        walls["reflow_K2_s"] = sh(["reflow.py", f"teacher={teacher_dir}", f"seed={args.seed}", *STUDENT_ARGS,
+                                   f"run_dir={student_dir}"], work, "reflow")
+
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from scfate.cli import CONF_DIR
+    from scfate.data.prepare import prepare
+    from scfate.eval.runner import EvalData, score
+    from scfate.models.flow_export import load_flow
+    from scfate.pipeline_flow import FlowPredictor
+
+    teacher, t_ckpt = load_flow(teacher_dir / "flow_best.pt")
+    student, s_ckpt = load_flow(student_dir / "flow_best.pt")
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("reflow", overrides=[f"paths.data_dir={work / 'data'}", f"data.split.seed={t_ckpt['split']['seed']}"])
+    data = prepare(instantiate(cfg.data), cfg.paths.data_dir)
+    units = data.features.index()
+    perts, contexts = list(data.perturbations), list(data.meta["contexts"])
+    heads = {"teacher": teacher, "student": student}
+
+    # quality: every variant scores the same control cells (the runner's draws, replayed from one state)
+    ed = EvalData(data, n_cells=args.n_cells, seed=args.seed)
+    fresh = ed.rng.bit_generator.state
+    results = []
+    for who, steps in VARIANTS:
+        ed.rng.bit_generator.state = fresh
+        torch.manual_seed(args.seed)
+        pred = FlowPredictor(heads[who], perts, contexts, units, f"{who}@{steps}", n_steps=steps)
+        pred.fit(ed.pseudobulk())
+        overall = score(ed, pred)["overall"]
+        results.append({"model": who, "n_steps": steps, **{m: overall[m]["mean"] for m in ("da", "cos", "pde")}})
+
+    # speed: the same inputs for every variant; rounds interleaved so machine noise hits all alike
+    rng = np.random.default_rng(args.seed)
+    inputs = []
+    for g in ed.groups["test"]:
+        cond = ed.conditions[(g.context, g.condition)]
+        ctrl = ed.controls[g.context]
+        x = torch.from_numpy(ed.reader(np.sort(rng.choice(ctrl, args.n_cells, replace=len(ctrl) < args.n_cells))))
+        inputs.append((x, torch.tensor(contexts.index(g.context)), torch.tensor(perts.index(g.perturbation)),
+                       torch.tensor([units[m] for m in cond.members]),
+                       torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)))
+    times = {i: [] for i in range(len(VARIANTS) + 1)}
+    for _ in range(args.rounds):
+        for i, (who, steps) in enumerate(VARIANTS):
+            times[i].append(time_per_10k(heads[who], inputs, steps))
+        times[len(VARIANTS)].append(time_per_10k(teacher, inputs, 0))
+    base = min(times[0])
+    for i, r in enumerate(results):
+        r["s_per_10k_cells"] = min(times[i])
+        r["speedup_vs_teacher20"] = base / r["s_per_10k_cells"]
+    # the ODE against its own reference: same theta_0 and control latents, endpoint error vs the teacher at 128
+    # steps (wrapped angle RMS, radians), and how far that reference moves from theta_0 at all
+    ends = endpoint_errors(teacher, student, inputs, args.seed)
+    for r, err in zip(results, ends["err"]):
+        r["theta_rmse_vs_teacher128"] = err
+    displacement = ends["displacement"]
+    t20 = results[0]
+    k2 = next(r for r in results if r["model"] == "student" and r["n_steps"] == 2)
+    da_loss = 100 * (t20["da"] - k2["da"])
+    verdict = {"k2_speedup_vs_teacher20": k2["speedup_vs_teacher20"],
+               "k2_at_least_8x_faster": k2["speedup_vs_teacher20"] >= 8,
+               "k2_da_loss_points": da_loss, "k2_loses_under_1_da_point": da_loss < 1,
+               "encode_decode_floor_s_per_10k": min(times[len(VARIANTS)]),
+               "teacher128_rms_displacement_from_theta0": displacement}
+    out = {"dataset": "synthetic", "seed": args.seed, "test_conditions": len(inputs), "cells_per_condition": args.n_cells,
+           "teacher": str(teacher_dir), "student": str(student_dir), "teacher_args": TEACHER_ARGS,
+           "student_args": STUDENT_ARGS, "student_n_couplings": s_ckpt["n_couplings"],
+           "student_best_val_delta_cos": s_ckpt["best_val_delta_cos"], "wall_s": walls, "results": results,
+           "verdict": verdict, "load_avg": os.getloadavg(), "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
+           or platform.machine(), "rounds": args.rounds}
+    res = ROOT / "benchmarks" / "results"
+    atomic_write_json(res / "bench_reflow.json", out)
+    atomic_write_text(res / "bench_reflow.md", markdown(out))
+    print(markdown(out))
+
+
+def markdown(out: dict) -> str:
+    v = out["verdict"]
+    rows = "\n".join(f"| {r['model']} | {r['n_steps']} | {r['s_per_10k_cells']:.3f} | {r['speedup_vs_teacher20']:.1f}x | "
+                     f"{r['da']:.4f} | {r['cos']:.4f} | {r['pde']:.4f} | {r['theta_rmse_vs_teacher128']:.4f} |"
+                     for r in out["results"])
+    return f"""# Reflow students vs teacher
+
+torch {out['torch']}, {out['threads']} threads, CPU; synthetic dataset, split seed {out['seed']},
+{out['test_conditions']} test conditions x {out['cells_per_condition']} control cells (the same cells for every row).
+Teacher: `train.py {' '.join(out['teacher_args'])}`; student: `reflow.py {' '.join(out['student_args'])}`
+({out['student_n_couplings']} couplings at 128 teacher steps). `python benchmarks/bench_reflow.py`.
+Time: encode + ODE + decode, per 10k predicted cells, minimum over {out['rounds']} interleaved rounds.
+
+| model | steps | s / 10k cells | speedup vs teacher@20 | DA | cos | PDE | theta RMSE vs teacher@128 |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Floor without any ODE step (encode, rotate, decode): {v['encode_decode_floor_s_per_10k']:.3f} s / 10k cells, so no
+step count can be more than {out['results'][0]['s_per_10k_cells'] / v['encode_decode_floor_s_per_10k']:.1f}x faster than the 20-step teacher here. The teacher's 128-step ODE moves theta {v['teacher128_rms_displacement_from_theta0']:.4f} rad (RMS) away from theta_0; theta RMSE is each row's endpoint error against it from the same theta_0 and cells.
+Load average during timing: {', '.join(f'{x:.2f}' for x in out['load_avg'])} (2-core machine).
+
+K=2 student vs the 20-step teacher: {v['k2_speedup_vs_teacher20']:.1f}x faster (target >= 8x: \
+{'met' if v['k2_at_least_8x_faster'] else 'not met'}); DA {v['k2_da_loss_points']:+.1f} points lost (target < 1: \
+{'met' if v['k2_loses_under_1_da_point'] else 'not met'}).
+"""
+
+
+if __name__ == "__main__":
+    main()
