@@ -103,4 +103,4 @@ def test_a_missing_checkpoint_is_named_and_nothing_is_produced(args, tmp_path):
     proc = run(args, tmp_path, expect=2)
     assert "No flow-head checkpoint at 'x'" in proc.stderr and "Traceback" not in proc.stderr
     made = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
-    assert not {m for m in made if m.endswith((".pt", ".ckpt")) or m.startswith("eval")}, made
+    assert not {m for m in made if m.endswith((".pt", ".ckpt")) or m.startswith("eval_")}, made  # no eval JSON
