@@ -190,7 +190,7 @@ def markdown(out: dict) -> str:
                      for r in out["results"])
     return f"""# Reflow students vs teacher
 
-torch {out['torch']}, {out['threads']} threads, CPU; synthetic dataset, split seed {out['seed']},
+torch {out['torch']}, {out['threads']} thread{'s' if out['threads'] > 1 else ''}, CPU; synthetic dataset, split seed {out['seed']},
 {out['test_conditions']} test conditions x {out['cells_per_condition']} control cells (the same cells for every row).
 Teacher: `train.py {' '.join(out['teacher_args'])}`; student: `reflow.py {' '.join(out['student_args'])}`
 ({out['student_n_couplings']} couplings at 128 teacher steps). `python benchmarks/bench_reflow.py`.
