@@ -29,7 +29,7 @@ class ScfateModel:
     def __init__(self, path: Path):
         from scfate.models.flow_export import load_flow
 
-        self.head, self.ckpt = load_flow(path)
+        self.head, self.ckpt = load_flow(path, zero_shot=False)  # prediction: a leak only warns
         self.genes, self.units = list(self.ckpt["genes"]), {u: i for i, u in enumerate(self.ckpt["units"])}
         self.contexts, self.perturbations = list(self.ckpt["contexts"]), list(self.ckpt["perturbations"])
         self.drug = self.ckpt["perturbation_type"] == "drug"

@@ -11,9 +11,11 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("scfate")
 
 
-def backbone_dir(cfg: DictConfig) -> Path:
-    """Where the exported backbone of this dataset lives (the model card's layout)."""
-    return Path(cfg.paths.artifacts_dir) / "backbones" / cfg.data.name
+def backbone_dir(cfg: DictConfig, split) -> Path:
+    """Where the exported backbone of this dataset and split lives: ``backbones/<dataset>/<split tag>/`` (the card's
+    ``backbones/<dataset>/``, one folder per split). A backbone is trained on its split's training perturbations
+    only, so a flow head of another split must never reuse it (scfate.models.split_guard)."""
+    return Path(cfg.paths.artifacts_dir) / "backbones" / cfg.data.name / split.tag
 
 
 def finish_loggers(trainer) -> None:
@@ -27,10 +29,12 @@ def finish_loggers(trainer) -> None:
 
 
 def run_backbone(cfg: DictConfig, spec) -> dict:
-    """Train a RotationAE, export ``backbones/<dataset>/backbone.pt``, score the oracle check, return its JSON."""
+    """Train a RotationAE, export ``backbones/<dataset>/<split tag>/backbone.pt`` (with the split as ``split.json``
+    beside it), score the oracle check, return its JSON."""
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from scfate.data.splits import save_split
     from scfate.eval.results import build_eval_json, print_table, write_eval_json
     from scfate.eval.runner import evaluate
     from scfate.models.export import export_backbone
@@ -44,7 +48,9 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
     model = instantiate(cfg.model, n_genes=dm.n_genes, n_contexts=len(dm.contexts), perturbations=dm.perturbations,
                         atlas_perturbations=list(dm.data.split.train), _convert_="all")
     # a stable folder (not the timestamped run dir) so that `ckpt_path=last` resumes the previous run
-    ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "backbones" / cfg.data.name / f"seed{cfg.seed}"
+    # ... and one per split, so that resuming never continues another split's backbone
+    ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "backbones" / cfg.data.name / dm.data.split.tag / \
+        f"seed{cfg.seed}"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_last=True)
     loggers = [instantiate(cfg.logger)] if cfg.get("logger") else False
     epochs = cfg.epochs.backbone if cfg.trainer.get("max_epochs") is None else cfg.trainer.max_epochs
@@ -57,7 +63,8 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
         log.info("best checkpoint %s (val/loss %.4f)", checkpoint.best_model_path, checkpoint.best_model_score)
     model.cpu().eval()
 
-    out = backbone_dir(cfg)
+    out = backbone_dir(cfg, dm.data.split)
+    save_split(dm.data.split, out / "split.json")  # `data.split.mode=file data.split.file=...` reuses it
     path = export_backbone(model, dm.data, out / "backbone.pt",
                            extra={"seed": int(cfg.seed), "best_val_loss": float(checkpoint.best_model_score or 0),
                                   "val_recon_r2": float(trainer.callback_metrics.get("val/recon_r2", float("nan")))})

@@ -118,13 +118,13 @@ def tree_ref(ref: str, artifacts_dir) -> str:
 
 
 def student_backbone(path: Path, ckpt: dict, artifacts_dir) -> Path:
-    """The backbone the student's checkpoint points to: this tree's ``backbones/<dataset>/backbone.pt`` when it is
+    """The backbone the student's checkpoint points to: this tree's copy under ``backbones/<dataset>/`` when it is
     the teacher's (same sha256; e.g. a Hub teacher whose backbone was also pulled here), else the teacher's own."""
     from scfate.utils.io import sha256_file
 
-    local = Path(artifacts_dir) / "backbones" / ckpt["dataset"] / "backbone.pt"
-    if local.is_file() and sha256_file(local) == ckpt["backbone_sha256"]:
-        return local
+    for local in sorted((Path(artifacts_dir) / "backbones" / ckpt["dataset"]).rglob("backbone.pt")):
+        if sha256_file(local) == ckpt["backbone_sha256"]:
+            return local
     return (path.parent / ckpt["backbone_path"]).resolve()
 
 

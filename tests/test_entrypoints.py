@@ -29,8 +29,9 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert summary["dataset"] == "synthetic" and summary["input_type"] == "counts"
     groups = {r["subgroup"]: r["perturbations"] for r in summary["split"]["rows"] if r["set"] == "test"}
     assert all(groups[g] > 0 for g in ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2"))
-    bb = tmp_path / "artifacts" / "backbones" / "synthetic"
-    assert {"backbone.pt", "config.json", "oracle_eval.json"} <= {p.name for p in bb.iterdir()}
+    (bb,) = (tmp_path / "artifacts" / "backbones" / "synthetic").iterdir()  # one folder per split
+    assert bb.name.startswith("simulation_seed1_")
+    assert {"backbone.pt", "split.json", "config.json", "oracle_eval.json"} <= {p.name for p in bb.iterdir()}
     oracle = json.loads((bb / "oracle_eval.json").read_text())
     assert oracle["model"] == "oracle:backbone" and oracle["split"]["scored"] == "train"
     run_dir = tmp_path / "artifacts" / "flow_heads" / "synthetic" / "seed1"
@@ -45,23 +46,38 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert "scfate:synthetic" in proc.stdout and "baseline:feature_ridge" in proc.stdout
 
 
-def test_multirun_two_seeds_share_one_backbone(tmp_path):
+def _backbone_of(run_dir):
+    ckpt = torch.load(run_dir / "flow_best.pt", weights_only=True)
+    bb = torch.load((run_dir / ckpt["backbone_path"]).resolve(), weights_only=True)
+    return ckpt, bb, (run_dir / ckpt["backbone_path"]).resolve()
+
+
+def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leaky_one(tmp_path):
+    """seed=1,2 on one pinned split train its backbone once; a run of another split (seed=3) gets its own, never
+    one trained on its test perturbations; an explicit backbone of another split that saw them is refused."""
     art = tmp_path / "artifacts"
-    env_args = ["-m", "seed=1,2", *QUICK, f"paths.artifacts_dir={art}", f"hydra.sweep.dir={tmp_path / 'mr'}"]
-    cmd = [sys.executable, "train.py", *env_args, f"paths.data_dir={tmp_path / 'data'}"]
-    proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    args = ["-m", "seed=1,2", "data.split.seed=1", *QUICK, f"paths.artifacts_dir={art}",
+            f"hydra.sweep.dir={tmp_path / 'mr'}", f"paths.data_dir={tmp_path / 'data'}"]
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for seed in (1, 2):
-        ev = json.loads((art / "flow_heads" / "synthetic" / f"seed{seed}" / f"eval_synthetic_seed{seed}.json").read_text())
-        assert ev["seed"] == seed
     assert proc.stdout.count("backbone exported to") == 1  # trained once by the first job, reused by the second
+    run(["train.py", "seed=3", *QUICK, f"paths.artifacts_dir={art}"], tmp_path)  # split seed 3 (follows seed)
+    heads = {s: _backbone_of(art / "flow_heads" / "synthetic" / f"seed{s}") for s in (1, 2, 3)}
+    assert heads[1][2] == heads[2][2] != heads[3][2]
+    for ckpt, bb, _ in heads.values():
+        assert bb["split"]["train"] == ckpt["split"]["train"]
+        assert not set(bb["atlas_perturbations"]) & set(ckpt["split"]["test"] + ckpt["split"]["val"])
+    split1, split3 = heads[1][0]["split"], heads[3][0]["split"]
+    assert set(split1["train"]) & set(split3["test"])  # so split 1's backbone would leak into split 3's scores
+    proc = run(["train.py", "seed=3", f"backbone={heads[1][2]}", *QUICK, f"paths.artifacts_dir={art}"], tmp_path,
+               expect=2)
+    assert "that this run holds out (test: [" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_backbone_resumes_from_last(tmp_path):
     art = f"paths.artifacts_dir={tmp_path / 'artifacts'}"
     run(["train.py", "stage=backbone", *QUICK, art], tmp_path)
-    last = tmp_path / "artifacts" / "checkpoints" / "backbones" / "synthetic" / "seed1" / "last.ckpt"
-    assert last.is_file()
+    (last,) = (tmp_path / "artifacts" / "checkpoints" / "backbones" / "synthetic").glob("*/seed1/last.ckpt")
     proc = run(["train.py", "stage=backbone", *QUICK[1:], "trainer.max_epochs=2", "ckpt_path=last", art], tmp_path)
     assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
     ckpt = torch.load(last, weights_only=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from scfate.data.errors import DataError
 from scfate.data.spec import SplitSpec
-from scfate.utils.io import atomic_write_json
+from scfate.utils.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
 SIMULATION_SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
@@ -41,6 +41,13 @@ class Split:
             if perturbation in getattr(self, name):
                 return name
         return None
+
+    @property
+    def tag(self) -> str:
+        """Names the split by its content (the train / val / test lists), e.g. ``simulation_seed2_1f3a9c0e``: two
+        settings that give the same lists share one name, and so one backbone (scfate.pipeline.backbone_dir)."""
+        digest = sha256_json({k: sorted(getattr(self, k)) for k in ("train", "val", "test")})[:8]
+        return f"{self.mode}_seed{self.seed}_{digest}"
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "mode": self.mode, "seed": self.seed, "params": self.params,

@@ -63,11 +63,15 @@ def read_checkpoint(path: str | Path, fmt: str, what: str, how_to_make: str) -> 
     return ckpt
 
 
+def read_backbone_checkpoint(path: str | Path) -> dict:
+    return read_checkpoint(path, FORMAT, "Backbone", "Train one with `python train.py stage=backbone`.")
+
+
 def load_backbone(path: str | Path, genes: list[str] | None = None):
     """Rebuild a `RotationAE` from ``backbone.pt`` (``weights_only=True``); check the gene list if given."""
     from scfate.models.backbone import RotationAE
 
-    ckpt = read_checkpoint(path, FORMAT, "Backbone", "Train one with `python train.py stage=backbone`.")
+    ckpt = read_backbone_checkpoint(path)
     if genes is not None:
         check_same_genes(genes, ckpt["genes"], f"Backbone {path}",
                          "Use the dataset (and data.n_hvg) it was trained on, or train a backbone for this dataset.")

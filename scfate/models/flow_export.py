@@ -4,6 +4,7 @@ table, split, and the backbone reference with its sha256. Loadable with ``weight
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,11 +12,16 @@ import torch
 
 from scfate import __version__
 from scfate.data.errors import DataError
+from scfate.models.split_guard import check_backbone_split
 from scfate.utils.io import atomic_path, atomic_write_json, sha256_file
 
+log = logging.getLogger("scfate")
 FORMAT = "scfate.flow_head"
 HPARAMS = ("use_dose", "d_embed", "d_hidden", "n_blocks", "d_context", "dropout", "sigma", "source_std", "n_steps",
            "sampler", "lr", "weight_decay", "coupling", "target", "decode", "anchor")
+# what a checkpoint written before a key existed meant by its absence (not today's defaults: an old head decoded
+# directly and did not anchor, and must predict as it did when it was trained and scored)
+LEGACY = {"decode": "direct", "anchor": "none"}
 
 
 def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_info: dict, extra: dict | None = None):
@@ -48,8 +54,11 @@ def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_i
     return path
 
 
-def load_flow(path: str | Path):
-    """Rebuild a FlowHead (with its backbone) from ``flow_best.pt``; returns (head, ckpt)."""
+def load_flow(path: str | Path, zero_shot: bool = True):
+    """Rebuild a FlowHead (with its backbone) from ``flow_best.pt``; returns (head, ckpt).
+
+    ``zero_shot``: refuse a head whose backbone was trained on the head's own validation or test perturbations
+    (its scores would not be zero-shot); False (prediction only) logs a warning instead."""
     from scfate.models.export import load_backbone, read_checkpoint
     from scfate.models.flow_head import FlowHead
 
@@ -62,8 +71,16 @@ def load_flow(path: str | Path):
     if sha256_file(bb_path) != ckpt["backbone_sha256"]:
         raise DataError(f"{bb_path} is not the backbone {path} was trained with (sha256 differs); retrain the flow "
                         "head or restore that backbone.")
-    backbone, _ = load_backbone(bb_path, genes=ckpt["genes"])
+    backbone, bb_ckpt = load_backbone(bb_path, genes=ckpt["genes"])
+    try:
+        check_backbone_split(bb_ckpt, ckpt["split"], f"The backbone {bb_path} of {path}")
+    except DataError:
+        if zero_shot:
+            raise
+        log.warning("the backbone of %s saw some of the head's held-out perturbations: do not report its scores on "
+                    "them as zero-shot", path)
     unit_features = ckpt["v_net_state_dict"]["embed.unit_features"]
-    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"], **{k: ckpt[k] for k in HPARAMS if k in ckpt})
+    hp = {k: ckpt.get(k, LEGACY.get(k)) for k in HPARAMS if k in ckpt or k in LEGACY}
+    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"], **hp)
     head.v_net.load_state_dict(ckpt["v_net_state_dict"])
     return head.eval(), ckpt
