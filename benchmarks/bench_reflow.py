@@ -57,7 +57,7 @@ def time_per_10k(head, predictor_inputs, n_steps: int) -> float:
                 head.sample_cells(x, ctx, pert, members, dose, n_steps)
             else:
                 z = head.backbone.encode(x, ctx).float()
-                head.decode_rotated(head.prior_mu[pert].expand(len(x), -1), z, x, ctx)
+                head.decode_rotated(head.prior_mu[pert].expand(len(x), -1), z, x, ctx, head.offset_of(pert, ctx))
     return (time.perf_counter() - start) * 10_000 / total
 
 

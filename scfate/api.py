@@ -44,28 +44,31 @@ class ScfateModel:
             self.prior = KRRPrior.from_state(self.ckpt["prior_state"])
 
     def _prior_mean(self, members: list[str], z_ctrl, ctx):
-        """The prior's mean angle for any set of known members. Angle space: KRR of the summed standardised
-        features. Expression space: the context's additive prior, lifted through the decoder on the given
-        control latents ``z_ctrl`` exactly as in training (scfate.prior.lift)."""
+        """The prior's mean angle for any set of known members, and its expression offset (or None). Angle space:
+        KRR of the summed standardised features. Expression space: the context's additive prior, lifted through
+        the decoder on the given control latents ``z_ctrl`` exactly as in training (scfate.prior.lift), and with
+        ``lift_residual`` the part of the shift the lifted angle does not decode to on these cells."""
         import torch
 
         idx = [self.units[m] for m in members]
         if self.prior is None:
-            return torch.zeros(self.head.prior_mu.shape[1])
+            return torch.zeros(self.head.prior_mu.shape[1]), None
         if self.space == "angle":
-            return self.prior.predict(self.head.v_net.embed.unit_features[idx].sum(0, keepdim=True))[0]
+            return self.prior.predict(self.head.v_net.embed.unit_features[idx].sum(0, keepdim=True))[0], None
         from scfate.lie import circular_mean
-        from scfate.prior.lift import decoded_means, lift_to_angles
+        from scfate.prior.lift import decoded_means, lift_residual, lift_to_angles
 
         bb = self.head.backbone
         z = z_ctrl[: int(self.ckpt["lift_cells"])]
         with torch.no_grad():
             base = decoded_means(bb.group.act, bb.decode, torch.zeros(1, bb.hparams.theta_dim), z, ctx)[0]
-        target = (base + self.prior[int(ctx)].predict([idx])[0])[None, None]
+        delta = self.prior[int(ctx)].predict([idx])
         init = circular_mean(self.head.prior_mu)[None]
-        theta, _ = lift_to_angles(bb.group.act, bb.decode, target, [z], [ctx], init,
+        theta, _ = lift_to_angles(bb.group.act, bb.decode, (base + delta[0])[None, None], [z], [ctx], init,
                                   steps=int(self.ckpt["lift_steps"]), lr=float(self.ckpt["lift_lr"]))
-        return theta[0]
+        if not self.ckpt.get("lift_residual"):
+            return theta[0], None
+        return theta[0], lift_residual(bb.group.act, bb.decode, theta, delta, z_ctrl, ctx)[0]
 
     def _members(self, name: str) -> list[str]:
         members = [name] if self.drug else sorted({m.strip() for m in name.split("+") if m.strip()})
@@ -112,8 +115,9 @@ class ScfateModel:
             x_ctrl = torch.from_numpy(X[idx])
             with torch.no_grad():
                 z_ctrl = self.head.backbone.encode(x_ctrl, ctx).float()
+            theta_mu, offset = self._prior_mean(members, z_ctrl, ctx)
             x = self.head.sample_cells(x_ctrl, ctx, None, torch.tensor([self.units[m] for m in members]),
-                                       log10_dose, n_steps, theta_mu=self._prior_mean(members, z_ctrl, ctx))
+                                       log10_dose, n_steps, theta_mu=theta_mu, offset=offset)
             blocks.append(x.float().numpy())
             obs += [{"perturbation": canonical, "context": context, "control_cell": str(adata_ctrl.obs_names[i])}
                     for i in idx]

@@ -104,7 +104,7 @@ def check_against_data(refs: list[str], ckpts: list[dict], data) -> None:
 
 def prior_of(ckpt: dict) -> dict:
     """The ``prior_info`` that export_flow expects, rebuilt from a teacher checkpoint (the student keeps its prior)."""
-    info = {k: v for k, v in ckpt.items() if k.startswith(PRIOR_PREFIXES) and k not in ("prior_mu", "prior_state")}
+    info = {k: v for k, v in ckpt.items() if k.startswith(PRIOR_PREFIXES) and k not in ("prior_mu", "prior_state", "prior_offset")}
     return {**info, "state": dict(ckpt.get("prior_state", {}))}
 
 
@@ -233,11 +233,13 @@ def run_reflow(cfg: DictConfig) -> dict:
     src = next((i for i, c in enumerate(ckpts) if c.get("prior") == "krr"), None) if mixed else 0
     prior_ckpt = ckpts[src] if src is not None else {"prior": "none", "krr_gamma": None, "krr_alpha": None}
     prior_mu = teachers[src].prior_mu if src is not None else torch.zeros_like(teachers[0].prior_mu)
+    prior_offset = teachers[src].prior_offset if src is not None else None
     prior_info = prior_of(prior_ckpt)
     from scfate.models.reflow import student_from_teacher
 
     overrides = OmegaConf.to_container(cfg.student, resolve=True) if cfg.get("student") else {}
-    student = student_from_teacher(teachers[0], K, prior_mu, {k: v for k, v in overrides.items() if v is not None})
+    student = student_from_teacher(teachers[0], K, prior_mu, {k: v for k, v in overrides.items() if v is not None},
+                                   prior_offset)
     log.info("generating %d couplings from %d teacher(s) at %d steps", cfg.n_couplings, len(refs), cfg.teacher_steps)
     couplings = generate_couplings(student, teachers, dm, int(cfg.n_couplings), int(cfg.teacher_steps), probs,
                                    int(cfg.seed), int(cfg.coupling_chunk))

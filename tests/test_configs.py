@@ -136,6 +136,8 @@ def test_experiment_configs_compose_into_the_card_tree(name, tmp_path):
                 "k562_reflow_K2": "flow_heads/k562/reflow_K2_s1", "sciplex3_teachers": "sciplex3_path_b/teachers/priorkrr/s1",
                 "sciplex3_mixed18_K16": "sciplex3_path_b/students/mixed18_K16/s1"}[name]
     assert rel == expected
+    if name in ("sciplex3_teachers", "norman_flow_heads"):  # one split (so one backbone) for every seed
+        assert _compose(app, [f"experiment={name}", "seed=3"], tmp_path).data.split.seed == 1
     if name == "sciplex3_teachers":  # one split for all 18 teachers, whatever their seed
         assert cfg.hydra.sweeper.params == {"prior": "krr,none", "seed": "1,2,3,4,5,6,7,8,9"}
         assert _compose(app, [f"experiment={name}", "seed=5"], tmp_path).data.split.seed == 1

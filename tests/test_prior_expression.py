@@ -125,3 +125,60 @@ def test_anchored_sampling_puts_the_circular_mean_on_the_prior(dm):  # noqa: F81
     head.hparams.anchor = "none"
     free = head.sample_angles(z, torch.tensor(0), torch.tensor(1), torch.tensor([0]), torch.tensor(0.0))
     assert not torch.allclose(circular_mean(free), prior[1], atol=1e-3)  # the untrained flow drifts from it
+
+
+def test_lift_residual_makes_the_prior_alone_predict_its_shift_exactly(dm, tmp_path):  # noqa: F811
+    """The offset is what the lifted angle's decoded change misses: rotated + offset cells average to ctrl + delta
+    on the offset's cells; it travels in the checkpoint and the API recomputes it for an unseen combination."""
+    import anndata as ad
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    import scfate
+    from scfate.models.export import export_backbone
+    from scfate.models.flow_export import export_flow, load_flow
+    from scfate.models.flow_head import FlowHead
+    from scfate.pipeline_flow import control_latents, fit_prior, perturbation_features
+
+    backbone = make_model(dm).eval()
+    bb_path = export_backbone(backbone, dm.data, tmp_path / "backbones" / "tiny" / "backbone.pt")
+    unit_feats, pert_feats = perturbation_features(dm)
+    cfg = OmegaConf.create({"prior": {"name": "krr", "kernel": "rbf", "krr_gamma": 0.1, "krr_alpha": 1.0,
+                                      "select": True, "space": "expression", "lift_cells": 8, "lift_steps": 20,
+                                      "lift_lr": 0.1, "lift_residual": True, "residual_cells": 6}})
+    prior_mu, info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    offset = info.pop("offset")
+    assert offset.shape == (len(dm.perturbations), len(dm.contexts), dm.n_genes) and info["lift_residual"]
+    head = FlowHead(backbone, unit_feats, prior_mu, len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1, n_steps=2,
+                    target="prior", prior_offset=offset)
+    ctx, p = torch.tensor(0), 2
+    ctrl = dm.heldout_controls[dm.contexts[0]]  # the offset's cells: control_latents(n=6, seed=1) of context 0
+    x = torch.from_numpy(dm.reader(np.sort(np.random.default_rng(1).choice(ctrl, min(6, len(ctrl)), replace=False))))
+    z = control_latents(backbone, dm, n=6, seed=1)[0][0]
+    assert torch.allclose(z, backbone.encode(x, ctx).float())
+    with torch.no_grad():
+        cells = head.decode_rotated(prior_mu[p].expand(len(x), -1), z, x, ctx, head.offset_of(torch.tensor(p), ctx))
+    prior = AdditivePrior.from_state(info["state"]["contexts"][0])
+    members = [[dm.data.features.index()[m] for m in dm.data.members(dm.perturbations[p])]]
+    assert torch.allclose(cells.mean(0) - x.mean(0), prior.predict(members)[0], atol=1e-4)
+    path = export_flow(head, dm.data, tmp_path / "flow_heads" / "tiny" / "seed1" / "flow_best.pt", bb_path, info)
+    assert torch.equal(load_flow(path)[0].prior_offset, offset)
+    model = scfate.load(path)
+    ctrl = ad.AnnData(dm.reader(dm.controls["c1"][:10]), var=pd.DataFrame(index=model.genes))
+    assert np.isfinite(model.predict(ctrl, ["A+D"], n_cells=10, context="c1").X).all()
+
+
+def test_mean_anchoring_puts_the_cells_mean_on_the_prior_alone(dm):  # noqa: F811
+    from scfate.models.flow_head import FlowHead
+
+    backbone = make_model(dm).eval()
+    k = backbone.hparams.theta_dim
+    prior = torch.linspace(-1.0, 1.0, len(dm.perturbations) * k).reshape(-1, k)
+    head = FlowHead(backbone, torch.randn(len(dm.data.features.units), 3), prior, len(dm.contexts), d_embed=8,
+                    d_hidden=16, n_blocks=1, n_steps=3, anchor="mean")
+    x, ctx, p = torch.from_numpy(dm.reader(np.arange(20))), torch.tensor(0), torch.tensor(1)
+    cells = head.sample_cells(x, ctx, p, torch.tensor([0]), torch.tensor(0.0))
+    with torch.no_grad():
+        alone = head.decode_rotated(prior[1].expand(20, -1), backbone.encode(x, ctx).float(), x, ctx)
+    assert torch.allclose(cells.mean(0), alone.mean(0), atol=1e-5)
+    assert cells.std(0).sum() > alone.std(0).sum() * 0.5  # the flow's spread is kept, not collapsed

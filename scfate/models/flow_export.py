@@ -35,6 +35,7 @@ def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_i
         "dataset": data.spec.name, "perturbation_type": data.spec.perturbation_type,
         "v_net_state_dict": head.v_net.state_dict(),
         "prior_mu": head.prior_mu.detach().cpu().clone(),
+        "prior_offset": head.prior_offset.detach().cpu().clone(),
         "prior_state": {k: v for k, v in prior_info.get("state", {}).items()},
         "perturbations": list(data.perturbations), "contexts": list(data.meta["contexts"]),
         "genes": list(data.adata.var_names), "units": list(data.features.units),
@@ -81,6 +82,8 @@ def load_flow(path: str | Path, zero_shot: bool = True):
                     "them as zero-shot", path)
     unit_features = ckpt["v_net_state_dict"]["embed.unit_features"]
     hp = {k: ckpt.get(k, LEGACY.get(k)) for k in HPARAMS if k in ckpt or k in LEGACY}
-    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"], **hp)
+    offset = ckpt.get("prior_offset")
+    head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"],
+                    prior_offset=offset if offset is not None and offset.numel() else None, **hp)
     head.v_net.load_state_dict(ckpt["v_net_state_dict"])
     return head.eval(), ckpt

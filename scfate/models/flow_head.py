@@ -22,13 +22,17 @@ class FlowHead(pl.LightningModule):
                  use_dose: bool = False, d_embed: int = 128, d_hidden: int = 256, n_blocks: int = 4,
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
-                 coupling: str = "ot", target: str = "atlas", decode: str = "residual", anchor: str = "none"):
+                 coupling: str = "ot", target: str = "atlas", decode: str = "residual", anchor: str = "none",
+                 prior_offset: torch.Tensor | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu"])
+        self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu", "prior_offset"])
         self.backbone = backbone.eval().requires_grad_(False)
         k = backbone.hparams.theta_dim
         self.path = TorusPath(k, sigma)
         self.register_buffer("prior_mu", prior_mu.float())  # [n_perturbations, k]: KRR prior (zeros: none)
+        # [n_perturbations, n_contexts, G]: the expression prior's shift that its lifted angle does not decode to
+        # (scfate.prior.lift.lift_residual), added to residual-decoded cells; empty: none
+        self.register_buffer("prior_offset", torch.zeros(0) if prior_offset is None else prior_offset.float())
         self.v_net = VelocityNet(k, backbone.group.latent_dim, n_contexts, unit_features, d_embed, d_hidden,
                                  n_blocks, d_context, use_dose, dropout)
         self.history: list[dict] = []  # per-epoch validation metrics, exported as flow_metrics.jsonl
@@ -87,7 +91,7 @@ class FlowHead(pl.LightningModule):
             return self.v_net(theta, t, e_p, z_c, context).float()
 
         theta = integrate(self.path, v_fn, theta0, n_steps or self.hparams.n_steps, method=self.hparams.sampler)
-        if self.hparams.anchor == "prior":
+        if self.hparams.anchor == "prior":  # (anchor=mean acts on the decoded cells, in sample_cells)
             # keep the flow's cell-to-cell spread but put its circular mean on the prior's: with a few dozen
             # training perturbations the learned residual of an unseen one can be mostly noise
             mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(theta)
@@ -97,19 +101,40 @@ class FlowHead(pl.LightningModule):
     @torch.no_grad()
     def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
                      members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
-                     theta_mu: torch.Tensor | None = None) -> torch.Tensor:
-        """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G]."""
+                     theta_mu: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G].
+        ``theta_mu`` / ``offset``: the prior of a perturbation outside the training vocabulary (the API's)."""
         z_c = self.backbone.encode(x_ctrl, context).float()
         theta = self.sample_angles(z_c, context, perturbation, members, log10_dose, n_steps, theta_mu)
-        return self.decode_rotated(theta, z_c, x_ctrl, context)
+        if offset is None and theta_mu is None:
+            offset = self.offset_of(perturbation, context)
+        cells = self.decode_rotated(theta, z_c, x_ctrl, context, offset)
+        if self.hparams.anchor == "mean":
+            # the flow's cells keep their spread, their mean is the prior alone's on these very control cells:
+            # decoding a spread of angles shrinks and bends the mean, and an unseen perturbation's learned
+            # residual is mostly noise with a few dozen training perturbations (REPRODUCE.md §6)
+            mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(self.prior_mu)
+            prior_cells = self.decode_rotated(mu.expand(len(z_c), -1), z_c, x_ctrl, context, offset)
+            cells = cells - cells.mean(0) + prior_cells.mean(0)
+        return cells
 
-    def decode_rotated(self, theta: torch.Tensor, z_c: torch.Tensor, x_ctrl: torch.Tensor, context: torch.Tensor):
+    def offset_of(self, perturbation: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor | None:
+        """The stored prior offset of a vocabulary perturbation in a context [G], or None (no offset stored)."""
+        if perturbation is None or not self.prior_offset.numel():
+            return None
+        return self.prior_offset[perturbation, context]
+
+    def decode_rotated(self, theta: torch.Tensor, z_c: torch.Tensor, x_ctrl: torch.Tensor, context: torch.Tensor,
+                       offset: torch.Tensor | None = None):
         """Cells of control latents ``z_c`` rotated by ``theta`` [B, k]. ``decode=residual`` adds the decoded change
         to the measured control cell, ``x_c + D(R z_c) - D(z_c)``, so the autoencoder's reconstruction error (a
-        bias shared by every prediction) cancels and theta = 0 returns the controls exactly; ``direct`` is D(R z_c)."""
+        bias shared by every prediction) cancels and theta = 0 returns the controls exactly, plus the prior's
+        ``offset`` [G] where one is given; ``direct`` is D(R z_c)."""
         out = self.backbone.decode(self.backbone.group.act(theta, z_c), context)
         if self.hparams.decode == "residual":
             out = x_ctrl.to(out.dtype) + out - self.backbone.decode(z_c, context)
+            if offset is not None:
+                out = out + offset.to(out.dtype)
         return out
 
     def training_step(self, batch, batch_idx):
