@@ -1,7 +1,8 @@
 """Quality on the built-in synthetic data (slow: the full default run; CI runs it in `pytest -m slow`).
 
-Measured (default run, seed 1, 62 held-out test conditions), two runs: scfate DA 0.938 / 0.914, cos 0.687 / 0.652,
-PDE 0.855 / 0.851 against train_mean 0.850 / 0.532 / 0.703 and no_change 0.000 / undefined / undefined. CPU float
+Measured (default run, seed 1, 62 held-out test conditions): scfate DA 0.914, cos 0.687, PDE 0.884 (lift residual
+and anchor=prior; earlier releases 0.938 / 0.914, 0.687 / 0.652, 0.855 / 0.851) against train_mean 0.850 / 0.532 /
+0.703 and no_change 0.000 / undefined / undefined. CPU float
 reductions are not bit-reproducible across runs, so the margins asserted below are about half of the smaller ones.
 """
 
