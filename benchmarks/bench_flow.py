@@ -49,7 +49,8 @@ def main() -> None:
         cfg = compose("train", overrides=[f"paths.data_dir={tmp / 'data'}", f"paths.artifacts_dir={art}",
                                           "trainer.max_epochs=1"])
     from scfate.models.export import load_backbone
-    from scfate.pipeline_flow import fit_prior, perturbation_features, resolve_backbone
+    from scfate.pipeline import resolve_backbone
+    from scfate.pipeline_flow import fit_prior, perturbation_features
 
     spec = instantiate(cfg.data)
     bb_path = resolve_backbone(cfg, spec)

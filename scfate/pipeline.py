@@ -1,4 +1,5 @@
-"""Pipeline stages driven by the Hydra config: train the backbone, export it, run its oracle check."""
+"""Pipeline stages driven by the Hydra config: train the backbone, export it, run its oracle check, and resolve the
+backbone a flow run uses (its own split's)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,44 @@ def run_backbone(cfg: DictConfig, spec) -> dict:
           "(in-sample: how well the rotation latent can express real effects; not a zero-shot score).")
     write_eval_json(ev, out / "oracle_eval.json")
     return ev
+
+
+def resolve_backbone(cfg: DictConfig, spec) -> Path:
+    """The backbone of this run, checked against the run's split (scfate.models.split_guard).
+
+    ``backbone=auto``: reuse ``artifacts/backbones/<dataset>/<split tag>/backbone.pt`` or train it first, under a
+    file lock so that parallel multirun jobs of one split train it once; a run of another split gets (or trains)
+    its own, so no flow head sits on a backbone that saw its validation or test perturbations. Otherwise a file,
+    folder or hf:// reference (scfate.hub), refused if it was trained on this run's held-out perturbations."""
+    from scfate.data.errors import DataError
+    from scfate.data.prepare import prepare
+    from scfate.models.export import read_backbone_checkpoint
+    from scfate.models.split_guard import check_backbone_split, same_split
+
+    split = prepare(spec, cfg.paths.data_dir).split  # cached: the split this run trains, selects and tests on
+    ref = str(cfg.get("backbone", "auto"))
+    if ref != "auto":
+        from scfate.hub import resolve_backbone_ref
+
+        try:  # a backbone.pt, its folder, or hf://OWNER/REPO[@REV]/backbones/<dataset>
+            path = resolve_backbone_ref(ref)
+        except DataError as exc:
+            how = "cannot be fetched" if ref.startswith("hf://") else "does not exist"
+            raise DataError(f"backbone={ref} {how}: {exc} Or use backbone=auto to reuse or train "
+                            "artifacts/backbones/<dataset>/<split>/backbone.pt.") from exc
+        check_backbone_split(read_backbone_checkpoint(path), split.to_dict(), f"backbone={ref}")
+        return path
+    from filelock import FileLock
+
+    out = backbone_dir(cfg, split)
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / ".train.lock")):
+        if not (out / "backbone.pt").is_file():
+            log.info("no backbone for split %s at %s: training it first", split.tag, out)
+            run_backbone(cfg, spec)
+    ckpt = read_backbone_checkpoint(out / "backbone.pt")
+    if not same_split(ckpt.get("split") or {}, split.to_dict()):  # a file put there by hand, or a stale layout
+        raise DataError(f"{out / 'backbone.pt'} was not trained on split {split.tag} (its folder's name): delete the "
+                        "folder to retrain it, or pass the backbone explicitly with backbone=PATH.")
+    check_backbone_split(ckpt, split.to_dict(), f"backbone {out / 'backbone.pt'}")
+    return out / "backbone.pt"

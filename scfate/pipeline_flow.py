@@ -18,48 +18,6 @@ from scfate.lie import circular_mean, wrap_angle
 log = logging.getLogger("scfate")
 
 
-def resolve_backbone(cfg: DictConfig, spec) -> Path:
-    """The backbone of this run, checked against the run's split (scfate.models.split_guard).
-
-    ``backbone=auto``: reuse ``artifacts/backbones/<dataset>/<split tag>/backbone.pt`` or train it first, under a
-    file lock so that parallel multirun jobs of one split train it once; a run of another split gets (or trains)
-    its own, so no flow head sits on a backbone that saw its validation or test perturbations. Otherwise a file,
-    folder or hf:// reference (scfate.hub), refused if it was trained on this run's held-out perturbations."""
-    from scfate.data.errors import DataError
-    from scfate.data.prepare import prepare
-    from scfate.models.export import read_backbone_checkpoint
-    from scfate.models.split_guard import check_backbone_split, same_split
-    from scfate.pipeline import backbone_dir, run_backbone
-
-    split = prepare(spec, cfg.paths.data_dir).split  # cached: the split this run trains, selects and tests on
-    ref = str(cfg.get("backbone", "auto"))
-    if ref != "auto":
-        from scfate.hub import resolve_backbone_ref
-
-        try:  # a backbone.pt, its folder, or hf://OWNER/REPO[@REV]/backbones/<dataset>
-            path = resolve_backbone_ref(ref)
-        except DataError as exc:
-            how = "cannot be fetched" if ref.startswith("hf://") else "does not exist"
-            raise DataError(f"backbone={ref} {how}: {exc} Or use backbone=auto to reuse or train "
-                            "artifacts/backbones/<dataset>/<split>/backbone.pt.") from exc
-        check_backbone_split(read_backbone_checkpoint(path), split.to_dict(), f"backbone={ref}")
-        return path
-    from filelock import FileLock
-
-    out = backbone_dir(cfg, split)
-    out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / ".train.lock")):
-        if not (out / "backbone.pt").is_file():
-            log.info("no backbone for split %s at %s: training it first", split.tag, out)
-            run_backbone(cfg, spec)
-    ckpt = read_backbone_checkpoint(out / "backbone.pt")
-    if not same_split(ckpt.get("split") or {}, split.to_dict()):  # a file put there by hand, or a stale layout
-        raise DataError(f"{out / 'backbone.pt'} was not trained on split {split.tag} (its folder's name): delete the "
-                        "folder to retrain it, or pass the backbone explicitly with backbone=PATH.")
-    check_backbone_split(ckpt, split.to_dict(), f"backbone {out / 'backbone.pt'}")
-    return out / "backbone.pt"
-
-
 @torch.no_grad()
 def empirical_angles(backbone, dm, groups, n: int = 128) -> dict[str, torch.Tensor]:
     """Mean rotation of a perturbation measured in the latent (circular mean of pair angles), for validation."""
@@ -266,6 +224,7 @@ def run_flow(cfg: DictConfig, spec) -> dict:
     from scfate.eval.runner import evaluate
     from scfate.models.export import load_backbone
     from scfate.models.flow_export import export_flow
+    from scfate.pipeline import resolve_backbone
     from scfate.utils.io import atomic_write_text
     from scfate.utils.reproduce import write_reproduce
 
