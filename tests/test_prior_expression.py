@@ -110,15 +110,22 @@ def test_residual_decoding_returns_the_controls_at_zero_rotation(dm):  # noqa: F
     assert torch.allclose(out, x, atol=1e-5)
 
 
-def test_anchored_sampling_puts_the_circular_mean_on_the_prior(dm):  # noqa: F811
-    from scfate.lie import circular_mean
+def _anchored_head(dm, anchor: str):  # noqa: F811
+    """An untrained head with a distinct prior angle per perturbation, anchored by ``anchor``."""
     from scfate.models.flow_head import FlowHead
 
     backbone = make_model(dm).eval()
     k = backbone.hparams.theta_dim
     prior = torch.linspace(-1.0, 1.0, len(dm.perturbations) * k).reshape(-1, k)
     head = FlowHead(backbone, torch.randn(len(dm.data.features.units), 3), prior, len(dm.contexts), d_embed=8,
-                    d_hidden=16, n_blocks=1, n_steps=3, anchor="prior")
+                    d_hidden=16, n_blocks=1, n_steps=3, anchor=anchor)
+    return head, backbone, prior
+
+
+def test_anchored_sampling_puts_the_circular_mean_on_the_prior(dm):  # noqa: F811
+    from scfate.lie import circular_mean
+
+    head, backbone, prior = _anchored_head(dm, "prior")
     z = backbone.encode(torch.from_numpy(dm.reader(np.arange(20))), torch.tensor(0)).detach()
     theta = head.sample_angles(z, torch.tensor(0), torch.tensor(1), torch.tensor([0]), torch.tensor(0.0))
     assert torch.allclose(circular_mean(theta), prior[1], atol=1e-4)
@@ -169,13 +176,8 @@ def test_lift_residual_makes_the_prior_alone_predict_its_shift_exactly(dm, tmp_p
 
 
 def test_mean_anchoring_puts_the_cells_mean_on_the_prior_alone(dm):  # noqa: F811
-    from scfate.models.flow_head import FlowHead
 
-    backbone = make_model(dm).eval()
-    k = backbone.hparams.theta_dim
-    prior = torch.linspace(-1.0, 1.0, len(dm.perturbations) * k).reshape(-1, k)
-    head = FlowHead(backbone, torch.randn(len(dm.data.features.units), 3), prior, len(dm.contexts), d_embed=8,
-                    d_hidden=16, n_blocks=1, n_steps=3, anchor="mean")
+    head, backbone, prior = _anchored_head(dm, "mean")
     x, ctx, p = torch.from_numpy(dm.reader(np.arange(20))), torch.tensor(0), torch.tensor(1)
     cells = head.sample_cells(x, ctx, p, torch.tensor([0]), torch.tensor(0.0))
     with torch.no_grad():
