@@ -5,7 +5,8 @@ Scores every test perturbation with every metric, beside every baseline, prints 
 
 import hydra
 
-from scfate.cli import friendly_errors, run_evaluate
+from scfate.cli import run_evaluate
+from scfate.errors import friendly_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -2,14 +2,13 @@
 
 import hydra
 
-from scfate.cli import friendly_errors
+from scfate.cli import run_reflow
+from scfate.errors import friendly_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="reflow")
 @friendly_errors
 def main(cfg) -> None:
-    from scfate.pipeline_reflow import run_reflow
-
     run_reflow(cfg)
 
 

@@ -2,7 +2,8 @@
 
 import hydra
 
-from scfate.cli import friendly_errors, run_train
+from scfate.cli import run_train
+from scfate.errors import friendly_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

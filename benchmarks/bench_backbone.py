@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scfate.cli import CONF_DIR  # noqa: E402
+from scfate.pipelines.config import CONF_DIR  # noqa: E402
 from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"paths.data_dir={tempfile.mkdtemp(prefix='scfate-bench-')}"])
-    dm = instantiate(cfg.datamodule, _partial_=True)(spec=instantiate(cfg.data), val_mode="heldout_cells")
+    dm = instantiate(cfg.datamodule)(spec=instantiate(cfg.data), data_dir=cfg.paths.data_dir, val_mode="heldout_cells")
     dm.prepare_data()
     dm.setup("fit")
     throughput(cfg, dm, 32, "torus", 20)  # process warm-up (thread pools, allocator, page cache), not reported

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scfate.cli import CONF_DIR  # noqa: E402
+from scfate.pipelines.config import CONF_DIR  # noqa: E402
 from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
@@ -48,20 +48,22 @@ def main() -> None:
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("train", overrides=[f"paths.data_dir={tmp / 'data'}", f"paths.artifacts_dir={art}",
                                           "trainer.max_epochs=1"])
+    from scfate.data.prepare import prepare
     from scfate.models.export import load_backbone
-    from scfate.pipeline import resolve_backbone
-    from scfate.pipeline_flow import fit_prior, perturbation_features
+    from scfate.pipelines.backbone import resolve_backbone
+    from scfate.pipelines.config import prior_settings
+    from scfate.pipelines.flow import head_behaviour
+    from scfate.prior.fit import fit_prior, perturbation_features
 
-    spec = instantiate(cfg.data)
-    bb_path = resolve_backbone(cfg, spec)
-    dm = instantiate(cfg.datamodule, _partial_=True)(spec=spec, val_mode="perturbations")
-    dm.prepare_data()
+    data = prepare(instantiate(cfg.data), cfg.paths.data_dir)
+    bb_path = resolve_backbone(cfg, data)
+    dm = instantiate(cfg.datamodule)(data=data, val_mode="perturbations")
     dm.setup("fit")
     backbone, _ = load_backbone(bb_path)
     unit_feats, per = perturbation_features(dm)
-    prior_mu, _ = fit_prior(cfg, backbone, dm, per)
-    head = instantiate(cfg.flow.head, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
-                       n_contexts=len(dm.contexts))
+    prior_mu, _ = fit_prior(prior_settings(cfg), backbone, dm, per, unit_feats)
+    head = instantiate(cfg.flow.head, **head_behaviour(cfg.prior.name), backbone=backbone, unit_features=unit_feats,
+                       prior_mu=prior_mu, n_contexts=len(dm.contexts))
     opt = head.configure_optimizers()
     loader = iter(dm.train_dataloader())
     for i in range(65):

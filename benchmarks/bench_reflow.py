@@ -111,16 +111,16 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from scfate.cli import CONF_DIR
     from scfate.data.prepare import prepare
     from scfate.eval.runner import EvalData, score
     from scfate.models.flow_export import load_flow
-    from scfate.pipeline_flow import FlowPredictor
+    from scfate.models.predictor import FlowPredictor
+    from scfate.pipelines.config import CONF_DIR
 
     teacher, t_ckpt = load_flow(teacher_dir / "flow_best.pt")
     student, s_ckpt = load_flow(student_dir / "flow_best.pt")
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("reflow", overrides=[f"paths.data_dir={work / 'data'}", f"data.split.seed={t_ckpt['split']['seed']}"])
+        cfg = compose("reflow", overrides=[f"paths.data_dir={work / 'data'}", f"split_seed={t_ckpt['split']['seed']}"])
     data = prepare(instantiate(cfg.data), cfg.paths.data_dir)
     units = data.features.index()
     perts, contexts = list(data.perturbations), list(data.meta["contexts"])

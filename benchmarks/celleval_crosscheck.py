@@ -88,8 +88,8 @@ def load_data(shared_data: str | None):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from scfate.cli import CONF_DIR
     from scfate.data.prepare import prepare
+    from scfate.pipelines.config import CONF_DIR
 
     overrides = ["dataset=norman_devel", "seed=1", f"paths.root_dir={ROOT}"]
     if shared_data:

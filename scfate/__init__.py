@@ -4,7 +4,7 @@ Heavy dependencies (scanpy, Lightning, wandb) are imported inside the functions 
 ``import scfate`` and the entry points' ``--help`` stay fast.
 """
 
-__version__ = "0.1.0"
+from scfate._version import __version__  # noqa: F401  (re-exported)
 
 
 def load(path_or_hf):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 
 log = logging.getLogger("scfate")
 
@@ -56,16 +56,13 @@ class ScfateModel:
         if self.space == "angle":
             return self.prior.predict(self.head.v_net.embed.unit_features[idx].sum(0, keepdim=True))[0], None
         from scfate.lie import circular_mean
-        from scfate.prior.lift import decoded_means, lift_residual, lift_to_angles
+        from scfate.prior.lift import lift_residual, lift_shifts
 
         bb = self.head.backbone
-        z = z_ctrl[: int(self.ckpt["lift_cells"])]
-        with torch.no_grad():
-            base = decoded_means(bb.group.act, bb.decode, torch.zeros(1, bb.hparams.theta_dim), z, ctx)[0]
         delta = self.prior[int(ctx)].predict([idx])
-        init = circular_mean(self.head.prior_mu)[None]
-        theta, _ = lift_to_angles(bb.group.act, bb.decode, (base + delta[0])[None, None], [z], [ctx], init,
-                                  steps=int(self.ckpt["lift_steps"]), lr=float(self.ckpt["lift_lr"]))
+        theta, _ = lift_shifts(bb.group.act, bb.decode, [delta], [z_ctrl[: int(self.ckpt["lift_cells"])]], [ctx],
+                               circular_mean(self.head.prior_mu)[None], steps=int(self.ckpt["lift_steps"]),
+                               lr=float(self.ckpt["lift_lr"]))
         if not self.ckpt.get("lift_residual"):
             return theta[0], None
         return theta[0], lift_residual(bb.group.act, bb.decode, theta, delta, z_ctrl, ctx)[0]
@@ -84,7 +81,6 @@ class ScfateModel:
         """Predicted cells for each perturbation: AnnData [len(perturbations) * n_cells, genes]."""
         import anndata as ad
         import pandas as pd
-        import torch
 
         from scfate.data.schema import check_same_genes
 
@@ -105,20 +101,19 @@ class ScfateModel:
         if replace:
             log.warning("n_cells=%d is more than the %d control cells given: sampling them with replacement",
                         n_cells, len(X))
-        ctx = torch.tensor(self.contexts.index(context))
+        from scfate.models.predictor import Condition, FlowPredictor
+
+        # one predictor for every door: a perturbation of the vocabulary is predicted exactly as evaluate.py does
+        predictor = FlowPredictor(self.head, self.perturbations, self.contexts, self.units, "scfate", n_steps,
+                                  prior_of_new=self._prior_mean)
         blocks, obs = [], []
         for name in perturbations:
             members = self._members(name)
             canonical = "+".join(members)
             idx = rng.choice(len(X), n_cells, replace=replace)
-            log10_dose = torch.tensor(np.log10(dose) if (self.drug and dose) else 0.0, dtype=torch.float32)
-            x_ctrl = torch.from_numpy(X[idx])
-            with torch.no_grad():
-                z_ctrl = self.head.backbone.encode(x_ctrl, ctx).float()
-            theta_mu, offset = self._prior_mean(members, z_ctrl, ctx)
-            x = self.head.sample_cells(x_ctrl, ctx, None, torch.tensor([self.units[m] for m in members]),
-                                       log10_dose, n_steps, theta_mu=theta_mu, offset=offset)
-            blocks.append(x.float().numpy())
+            cond = Condition(context, canonical, canonical, members,
+                             float(dose) if (self.drug and dose) else float("nan"), np.zeros(0))
+            blocks.append(predictor.predict(cond, X[idx]).cells.astype(np.float32))
             obs += [{"perturbation": canonical, "context": context, "control_cell": str(adata_ctrl.obs_names[i])}
                     for i in idx]
         out = ad.AnnData(np.concatenate(blocks), obs=pd.DataFrame(obs), var=pd.DataFrame(index=self.genes))

@@ -3,7 +3,7 @@
 `python -m scfate.data dataset=NAME [overrides]` prepares a dataset and prints its summary.
 """
 
-from scfate.data.errors import DataError
 from scfate.data.spec import DataSpec, SplitSpec
+from scfate.errors import DataError
 
 __all__ = ["DataError", "DataSpec", "SplitSpec"]

@@ -1,14 +1,26 @@
 """python -m scfate.data dataset=NAME [overrides]: prepare a dataset (cached), write its split, print the summary."""
 
+from pathlib import Path
+
 import hydra
 
-from scfate.cli import CONF_DIR, friendly_errors, run_prepare
+from scfate.errors import friendly_errors
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 @friendly_errors
 def main(cfg) -> None:
-    run_prepare(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from scfate.data.prepare import prepare
+    from scfate.data.summary import write_summary
+
+    data = prepare(instantiate(cfg.data), cfg.paths.data_dir, rebuild=bool(cfg.get("rebuild_data", False)))
+    write_summary(data, HydraConfig.get().runtime.output_dir, OmegaConf.to_container(cfg, resolve=True))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scfate.data import schema
 from scfate.data.spec import DataSpec
+from scfate.errors import DataError, UsageError
 
 
 class RowReader:
@@ -55,6 +56,15 @@ class RowReader:
         out = np.empty_like(rows, dtype=np.float32)
         out[order] = rows
         return out
+
+
+def mean_rows(reader: RowReader, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mean of the given rows, read ``chunk`` rows at a time (float64 accumulator)."""
+    total = None
+    for start in range(0, len(idx), chunk):
+        part = reader(idx[start:start + chunk]).astype(np.float64).sum(0)
+        total = part if total is None else total + part
+    return total / len(idx)
 
 
 @dataclass
@@ -146,37 +156,48 @@ class PerturbationDataModule(pl.LightningDataModule):
 
     VAL_MODES = ("perturbations", "heldout_cells")
 
-    def __init__(self, spec: DataSpec, data_dir: str | Path, batch_size: int = 64, steps_per_epoch: int = 100,
-                 val_steps: int = 20, num_workers: int = 0, seed: int = 0, holdout_fraction: float = 0.1,
-                 val_mode: str = "perturbations", with_counts: bool = False):
+    def __init__(self, spec: DataSpec | None = None, data_dir: str | Path | None = None, batch_size: int = 64,
+                 steps_per_epoch: int = 100, val_steps: int = 20, num_workers: int = 0, seed: int = 0,
+                 holdout_fraction: float = 0.1, val_mode: str = "perturbations", with_counts: bool = False,
+                 data=None):
+        """Either ``spec`` and ``data_dir`` (prepared in ``prepare_data``) or ``data``, a PreparedData that the
+        pipeline prepared once for the whole run (then nothing is prepared or hashed again here)."""
         super().__init__()
         if val_mode not in self.VAL_MODES:
-            raise ValueError(f"val_mode={val_mode!r}; valid: {list(self.VAL_MODES)}.")
-        self.spec, self.data_dir = spec, Path(data_dir)
+            raise UsageError(f"val_mode={val_mode!r}; valid: {list(self.VAL_MODES)}.")
+        if (data is None) == (spec is None):
+            raise ValueError("PerturbationDataModule needs exactly one of `spec` (with `data_dir`) or `data`.")
+        self.prepared = data
+        self.spec = data.spec if data is not None else spec
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.batch_size, self.steps_per_epoch, self.val_steps = batch_size, steps_per_epoch, val_steps
         self.num_workers, self.seed, self.holdout_fraction = num_workers, seed, holdout_fraction
         self.val_mode, self.with_counts = val_mode, with_counts
         self.data = None
 
     def prepare_data(self):
-        from scfate.data.prepare import prepare
+        if self.prepared is None:
+            from scfate.data.prepare import prepare
 
-        prepare(self.spec, self.data_dir)
+            prepare(self.spec, self.data_dir)
 
     def setup(self, stage: str | None = None):
         if self.data is not None:
             return
-        from scfate.data.prepare import prepare
+        if self.prepared is None:
+            from scfate.data.prepare import prepare
 
-        self.data = data = prepare(self.spec, self.data_dir)
+            self.prepared = prepare(self.spec, self.data_dir)
+        self.data = data = self.prepared
         obs = data.adata.obs
         path = data.cache_dir / "prepared.h5ad"
         self.reader = RowReader(path=path) if self.spec.backed else RowReader(matrix=data.adata.X)
         self.counts = None
         if self.with_counts:
             if "counts" not in data.adata.layers:
-                raise ValueError(f"with_counts=True but {data.spec.name} has no raw counts (input was "
-                                 f"{data.meta['input_type']}): use the MSE likelihood.")
+                raise DataError(f"with_counts=True but {data.spec.name} has no raw counts (input was "
+                                f"{data.meta['input_type']}): the negative-binomial decoder needs them. Use "
+                                "model.likelihood=mse (the default) on log-normalised data.")
             self.counts = (RowReader(path=path, key="layers/counts") if self.spec.backed
                            else RowReader(matrix=data.adata.layers["counts"]))
         self.contexts = data.meta["contexts"]

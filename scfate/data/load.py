@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 
 HF_DATASETS_REPO = "Angione-Lab/scFATE-datasets"
 

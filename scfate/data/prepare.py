@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scfate import __version__
+from scfate._version import __version__
 from scfate.data import preprocess, schema
-from scfate.data.errors import DataError
 from scfate.data.features import PerturbationFeatures, build_drug_features, build_gene_features
 from scfate.data.load import read_h5ad, resolve_data_file
 from scfate.data.spec import DataSpec
 from scfate.data.splits import Split, load_split, make_split, save_split
-from scfate.utils.io import atomic_path, atomic_write_json, sha256_file, sha256_json
+from scfate.errors import DataError
+from scfate.utils.io import atomic_path, atomic_write_json, sha256_file_cached, sha256_json
 
 log = logging.getLogger(__name__)
 PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches
@@ -149,7 +149,7 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
     """Prepare (or load from cache) the dataset described by ``spec`` and compute its split."""
     data_dir = Path(data_dir)
     raw_path, spec = _source(spec, data_dir)
-    data_sha = sha256_file(raw_path)
+    data_sha = sha256_file_cached(raw_path, data_dir / "file_hashes")
     prep_keys = {k: v for k, v in spec.to_dict().items() if k not in ("split", "backed", "name")}
     key = sha256_json({"data": data_sha, "spec": prep_keys, "v": PREP_VERSION})[:12]
     cache_dir = data_dir / "prepared" / f"{spec.name}-{key}"

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scfate.data.errors import DataError
 from scfate.data.schema import CONDITION, CONTEXT, CONTROL, IS_CONTROL
+from scfate.errors import DataError
 
 log = logging.getLogger(__name__)
 

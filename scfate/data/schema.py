@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scfate.data.errors import DataError
 from scfate.data.spec import DataSpec
+from scfate.errors import DataError
 
 CONTROL = "control"
 # canonical columns added to obs; the original columns are kept untouched

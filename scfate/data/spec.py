@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 
 SPLIT_MODES = ("simulation", "unseen_perturbation", "unseen_drug", "file")
 PERTURBATION_TYPES = ("gene", "drug")

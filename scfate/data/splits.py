@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scfate.data.errors import DataError
 from scfate.data.spec import SplitSpec
+from scfate.errors import DataError
 from scfate.utils.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
@@ -45,7 +45,7 @@ class Split:
     @property
     def tag(self) -> str:
         """Names the split by its content (the train / val / test lists), e.g. ``simulation_seed2_1f3a9c0e``: two
-        settings that give the same lists share one name, and so one backbone (scfate.pipeline.backbone_dir)."""
+        settings that give the same lists share one name, and so one backbone (scfate.pipelines.backbone.backbone_dir)."""
         digest = sha256_json({k: sorted(getattr(self, k)) for k in ("train", "val", "test")})[:8]
         return f"{self.mode}_seed{self.seed}_{digest}"
 

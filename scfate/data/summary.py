@@ -54,3 +54,20 @@ def print_summary(summary: dict) -> None:
         table.add_row(r["set"], r["subgroup"], str(r["perturbations"]), str(r["cells"]))
     console.print(table)
     console.print(f"split saved to {sp['file']}", soft_wrap=True)
+
+
+def write_summary(data, out_dir, resolved_config: dict | None = None) -> dict:
+    """Print the summary of ``data`` and write it (and the resolved config) into ``out_dir``; return it."""
+    from pathlib import Path
+
+    import yaml
+
+    from scfate.utils.io import atomic_write_json, atomic_write_text
+
+    summary = summarise(data)
+    print_summary(summary)
+    out = Path(out_dir)
+    atomic_write_json(out / "data_summary.json", summary)
+    if resolved_config is not None:
+        atomic_write_text(out / "resolved_config.yaml", yaml.safe_dump(resolved_config, sort_keys=False))
+    return summary

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scfate.data.errors import DataError
 from scfate.data.synthetic_files import DRUGS, write_compounds, write_gene_features
 from scfate.data.synthetic_model import build_model, softmax
+from scfate.errors import DataError
 from scfate.utils.io import atomic_path, atomic_write_json
 
 SIM_VERSION = 1  # bump when the model changes, so outputs cached under an old version are recomputed

@@ -6,63 +6,10 @@ control cells shifted by it, so mean-based metrics are exact and distribution me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-
-class NotPredictable(ValueError):
-    """This predictor has no prediction for this condition; the message says why (recorded as 'not defined')."""
-
-
-@dataclass
-class Condition:
-    context: str
-    condition: str
-    perturbation: str
-    members: list[str]
-    dose: float  # NaN for genes
-    features: np.ndarray  # sum of member unit features (+ log10 dose for drugs)
-
-
-@dataclass
-class Pseudobulk:
-    """What a baseline may learn from: training (and validation) condition deltas, never test ones."""
-
-    perturbation_type: str
-    contexts: list[str]
-    ctrl_mean: dict[str, np.ndarray]  # context -> [G]
-    train: dict[str, list[tuple[Condition, np.ndarray]]]  # context -> [(condition, delta [G])]
-    val: dict[str, list[tuple[Condition, np.ndarray]]] = field(default_factory=dict)
-
-    def train_delta_mean(self, context: str) -> np.ndarray:
-        rows = self.train.get(context) or [r for c in self.contexts for r in self.train.get(c, [])]
-        if not rows:
-            raise NotPredictable("no training perturbations to average")
-        return np.mean([d for _, d in rows], axis=0)
-
-
-@dataclass
-class Prediction:
-    mean: np.ndarray  # [G] predicted mean expression
-    cells: np.ndarray  # [n, G] predicted cells (for distribution metrics)
-    notes: list[str] = field(default_factory=list)
-
-
-class Predictor:
-    """Interface shared by baselines and models."""
-
-    name = "predictor"
-
-    def fit(self, pb: Pseudobulk) -> None:
-        self.pb = pb
-
-    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
-        delta, notes = self.predict_delta(cond)
-        return Prediction(self.pb.ctrl_mean[cond.context] + delta, ctrl_cells + delta[None, :], notes)
-
-    def predict_delta(self, cond: Condition) -> tuple[np.ndarray, list[str]]:
-        raise NotPredictable(f"{self.name} predicts cells directly")
+from scfate.errors import UsageError
+from scfate.models.predictor import NotPredictable, Predictor, Pseudobulk
 
 
 class NoChange(Predictor):
@@ -181,5 +128,5 @@ BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, Fe
 
 def make_baseline(name: str) -> Predictor:
     if name not in BASELINES:
-        raise ValueError(f"baseline={name!r} is not a baseline; valid: {sorted(BASELINES)}.")
+        raise UsageError(f"baseline={name!r} is not a baseline; valid: {sorted(BASELINES)}.")
     return BASELINES[name]()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from scfate.data.errors import DataError
 from scfate.data.schema import check_same_genes
-from scfate.eval.baselines import Condition, NotPredictable, Prediction, Predictor
+from scfate.errors import DataError
+from scfate.models.predictor import Condition, NotPredictable, Prediction, Predictor
 
 
 class AnnDataPredictions(Predictor):

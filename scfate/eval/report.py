@@ -14,6 +14,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from scfate.errors import DataError
 from scfate.eval.results import SCHEMA_VERSION
 
 DEFAULT_METRICS = ("da", "cos", "pde")
@@ -26,7 +27,8 @@ class Row:
     path: Path
     dataset: str
     split_mode: str
-    seed: int | None
+    seed: int | None  # training seed
+    split_seed: int | None
     model: str
     results: dict  # {"overall": {...}, "by_subgroup": {...}, ...} as in the eval JSON
     time: str  # provenance time; breaks ties when runs of one seed disagree
@@ -39,10 +41,13 @@ def _is_eval_json(obj) -> bool:
 
 def _rows_of(path: Path, obj: dict) -> list[Row]:
     if obj["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(f"{path}: eval JSON schema_version {obj['schema_version']!r}, expected {SCHEMA_VERSION}.")
+        raise DataError(f"{path}: eval JSON schema_version {obj['schema_version']!r}, expected {SCHEMA_VERSION}.")
     split = obj.get("split") or {}
-    seed = obj.get("seed", split.get("seed"))
+    # a run is (split seed, training seed); an eval JSON written before split_seed existed had seed == split seed
+    split_seed = obj.get("split_seed", split.get("seed"))
+    seed = obj.get("seed", split_seed)
     common = dict(path=path, dataset=str(obj.get("dataset")), split_mode=str(split.get("mode", "?")), seed=seed,
+                  split_seed=split_seed,
                   time=str((obj.get("provenance") or {}).get("time") or ""))
     rows = [Row(model=str(obj.get("model")), results=obj["metrics"], primary=True, **common)]
     rows += [Row(model=f"baseline:{name}", results=res, primary=False, **common) for name, res in (obj.get("baselines") or {}).items()]
@@ -62,7 +67,7 @@ def collect(paths, include_baselines: bool = True) -> list[Row]:
                 obj = None
             if not _is_eval_json(obj):
                 if f == p:  # named explicitly, so silently dropping it would hide a mistake
-                    raise ValueError(f"{f}: not an eval JSON (needs top-level schema_version and metrics)")
+                    raise DataError(f"{f}: not an eval JSON (needs top-level schema_version and metrics)")
                 continue
             rows += [r for r in _rows_of(f, obj) if include_baselines or r.primary]
     return rows
@@ -75,8 +80,17 @@ def _value(row: Row, metric: str, subgroup: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def run_label(row: Row):
+    """The seed (``3``) when the training seed is the split seed (GEARS: seed=1,2,3 -m), else ``"split1/seed3"``."""
+    if row.split_seed is None or row.split_seed == row.seed:
+        return row.seed
+    return f"split{row.split_seed}/seed{row.seed}"
+
+
 def table_from_rows(rows: list[Row], metrics=DEFAULT_METRICS, subgroup: str = "overall") -> dict:
-    """Group rows by (dataset, split mode, model); one value per seed (reruns/duplicate baselines count once)."""
+    """Group rows by (dataset, split mode, model); one value per run, a run being its (split seed, training seed):
+    three training seeds on one split are n=3, as are three seeds with a split each (reruns and a baseline scored
+    in several JSONs of one run count once)."""
     files = sorted({r.path.resolve() for r in rows})
     root = Path(os.path.commonpath(files)) if files else Path()
     root = root.parent if len(files) == 1 else root
@@ -86,7 +100,7 @@ def table_from_rows(rows: list[Row], metrics=DEFAULT_METRICS, subgroup: str = "o
 
     groups: dict[tuple, dict] = {}
     for r in rows:
-        groups.setdefault((r.dataset, r.split_mode, r.model), {}).setdefault(r.seed, []).append(r)
+        groups.setdefault((r.dataset, r.split_mode, r.model), {}).setdefault(run_label(r), []).append(r)
     out_rows, conflicts = [], {}
     order = sorted(groups, key=lambda k: (k[0], k[1], k[2].startswith("baseline:"), k[2]))
     for key in order:
@@ -130,8 +144,8 @@ def format_cell(cell: dict, pm: str = "±") -> str:
 
 
 def _caption(table: dict) -> str:
-    return (f"Subgroup: {table['subgroup']}. Cells: mean ± sd (ddof=1) over seeds of each eval JSON's mean over "
-            f"test conditions; n = seeds with a value.")
+    return (f"Subgroup: {table['subgroup']}. Cells: mean ± sd (ddof=1) over runs (a run: split seed and "
+            f"training seed) of each eval JSON's mean over test conditions; n = runs with a value.")
 
 
 def to_markdown(table: dict) -> str:

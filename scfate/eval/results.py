@@ -7,7 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from scfate import __version__
+from scfate._version import __version__
+from scfate.errors import DataError
 from scfate.utils.io import atomic_write_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -26,7 +27,10 @@ def git_commit(path: Path | None = None) -> str | None:
     return sha.strip() + ("-dirty" if dirty else "")
 
 
-def build_eval_json(model_name: str, data, scores: dict, resolved_config: dict, ckpt: str | None = None) -> dict:
+def build_eval_json(model_name: str, data, scores: dict, resolved_config: dict, ckpt: str | None = None, *,
+                    seed: int) -> dict:
+    """``seed`` is the training seed of the scored model (for a baseline: the seed of its cell draws); the split's
+    own seed is ``split_seed``. Table 1 takes one value per (split_seed, seed) run."""
     split = data.split
     return {
         "schema_version": SCHEMA_VERSION,
@@ -36,7 +40,8 @@ def build_eval_json(model_name: str, data, scores: dict, resolved_config: dict, 
                   "scored": scores.get("scored", "test"),
                   "subgroups": split.subgroups.get("test", {}),
                   "test_perturbations_without_cells": scores["test_perturbations_without_cells"]},
-        "seed": split.seed,
+        "seed": int(seed),
+        "split_seed": split.seed,
         "metrics": scores["model"],
         "baselines": scores["baselines"],
         "provenance": {
@@ -59,7 +64,7 @@ def write_eval_json(obj: dict, path: str | Path) -> Path:
 def read_eval_json(path: str | Path) -> dict:
     obj = json.loads(Path(path).read_text())
     if obj.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path}: eval JSON schema_version {obj.get('schema_version')!r}, expected {SCHEMA_VERSION}.")
+        raise DataError(f"{path}: eval JSON schema_version {obj.get('schema_version')!r}, expected {SCHEMA_VERSION}.")
     return obj
 
 
@@ -75,7 +80,7 @@ def print_table(ev: dict, metrics=TABLE_METRICS) -> None:
     from rich.table import Table
 
     rows = {ev["model"]: ev["metrics"], **{f"baseline:{k}": v for k, v in ev["baselines"].items()}}
-    table = Table(title=f"{ev['dataset']} | split {ev['split']['mode']} seed {ev['seed']} | "
+    table = Table(title=f"{ev['dataset']} | split {ev['split']['mode']} seed {ev['split']['seed']} | training seed {ev['seed']} | "
                         f"{len(ev['metrics']['per_perturbation'])} {ev['split'].get('scored', 'test')} conditions")
     for col in ("subgroup", "n", "predictor", *metrics):
         table.add_column(col, justify="left" if col in ("subgroup", "predictor") else "right")

@@ -11,20 +11,12 @@ import logging
 import numpy as np
 
 from scfate.data import schema
-from scfate.data.datamodule import RowReader, condition_groups
+from scfate.data.datamodule import RowReader, condition_groups, mean_rows
 from scfate.eval import metrics as M
-from scfate.eval.baselines import BASELINES, Condition, NotPredictable, Predictor, Pseudobulk, make_baseline
+from scfate.eval.baselines import BASELINES, make_baseline
+from scfate.models.predictor import Condition, NotPredictable, Predictor, Pseudobulk
 
 log = logging.getLogger(__name__)
-
-
-def mean_rows(reader: RowReader, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Mean of the given rows, read ``chunk`` rows at a time (float64 accumulator)."""
-    total = None
-    for start in range(0, len(idx), chunk):
-        part = reader(idx[start:start + chunk]).astype(np.float64).sum(0)
-        total = part if total is None else total + part
-    return total / len(idx)
 
 
 def sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,6 +12,7 @@ import abc
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.lie import SO, Torus, float32_ops, wrap_angle
 from scfate.lie.base import as_time
 
@@ -41,7 +42,7 @@ class TorusPath(FlowPath):
 
     def __init__(self, k: int, sigma: float = 0.0):
         if int(k) < 1 or sigma < 0:
-            raise ValueError(f"TorusPath needs k >= 1 and sigma >= 0, got k={k!r}, sigma={sigma!r}")
+            raise UsageError(f"TorusPath needs k >= 1 and sigma >= 0, got k={k!r}, sigma={sigma!r}")
         self.k, self.sigma = int(k), float(sigma)
         self.group = Torus(self.k)
 
@@ -92,7 +93,7 @@ class SOPath(FlowPath):
 
     def __init__(self, n: int, sigma: float = 0.0):
         if int(n) < 2 or sigma < 0:
-            raise ValueError(f"SOPath needs n >= 2 and sigma >= 0, got n={n!r}, sigma={sigma!r}")
+            raise UsageError(f"SOPath needs n >= 2 and sigma >= 0, got n={n!r}, sigma={sigma!r}")
         self.n, self.sigma = int(n), float(sigma)
         self.group = SO(self.n, rank=1)  # only its dense log is used; the rank is irrelevant here
 

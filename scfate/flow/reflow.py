@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.flow.paths import FlowPath
 from scfate.flow.samplers import integrate
 
@@ -40,15 +41,15 @@ def reflow_loss(path: FlowPath, v_fn: Callable[[Tensor, Tensor], Tensor], theta0
 def mixture_weights(weights: Sequence[float] | None, n_teachers: int) -> Tensor:
     """Probabilities of drawing each of ``n_teachers`` (uniform when ``weights`` is None). ``[N]``, sums to 1."""
     if n_teachers < 1:
-        raise ValueError("mixed distillation needs at least one teacher")
+        raise UsageError("mixed distillation needs at least one teacher")
     if weights is None:
         return torch.full((n_teachers,), 1.0 / n_teachers, dtype=torch.float64)
     w = torch.as_tensor(list(weights), dtype=torch.float64)
     if w.dim() != 1 or len(w) != n_teachers:
-        raise ValueError(f"teacher_weights has {len(w)} values for {n_teachers} teachers: give one per teacher "
+        raise UsageError(f"teacher_weights has {len(w)} values for {n_teachers} teachers: give one per teacher "
                          "(in the teachers' sorted order) or none for uniform.")
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"teacher_weights={list(weights)} must be finite, non-negative and not all zero.")
+        raise UsageError(f"teacher_weights={list(weights)} must be finite, non-negative and not all zero.")
     return w / w.sum()
 
 

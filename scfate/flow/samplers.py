@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.flow.paths import FlowPath
 
 Tensor = torch.Tensor
@@ -29,9 +30,9 @@ def integrate(path: FlowPath, v_fn: Callable[[Tensor, Tensor], Tensor], x0: Tens
     wraps this in ``torch.no_grad``.
     """
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        raise UsageError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     h = (t1 - t0) / n_steps
     b = x0.shape[0]
     # times from linspace, not repeated t += h, so the last step ends exactly at t1

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scfate.data.errors import DataError
+    from scfate.errors import DataError
 
     args = _parser().parse_args(argv)
     try:

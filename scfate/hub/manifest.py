@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from scfate import __version__
+from scfate._version import __version__
 from scfate.hub import tree
 from scfate.utils.io import atomic_write_json, sha256_file
 

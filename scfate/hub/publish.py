@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 from scfate.hub import tree
 from scfate.hub.manifest import verify
 from scfate.utils.io import atomic_write_text

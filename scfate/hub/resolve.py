@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 
 FORMS = ("a checkpoint file (flow_best.pt / backbone.pt)", "a run folder holding one",
          "hf://OWNER/REPO[@REVISION]/SUBPATH (SUBPATH a run folder or a file in the repo)")

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 from scfate.utils.io import atomic_path, atomic_write_text
 
 CHECKPOINTS = ("flow_best.pt", "backbone.pt")

@@ -3,6 +3,7 @@
 Pure torch, no Lightning. Every group operation runs in float32 even under autocast (:func:`float32_ops`).
 """
 
+from scfate.errors import UsageError
 from scfate.lie.base import LieGroup, autocast_disabled, float32_ops
 from scfate.lie.so import SO, geodesic_on_sphere, plane_rotation
 from scfate.lie.torus import Torus, circular_mean, wrap_angle
@@ -15,11 +16,11 @@ def build_group(name: str, latent_dim: int, **kwargs) -> LieGroup:
     (``SO(latent_dim, rank=..., method=...)``)."""
     if name == "torus":
         if latent_dim % 2:
-            raise ValueError(f"the torus needs an even latent_dim (k planes of 2), got {latent_dim}")
+            raise UsageError(f"the torus needs an even latent_dim (k planes of 2), got {latent_dim}")
         return Torus(latent_dim // 2, **kwargs)
     if name == "so":
         return SO(latent_dim, **kwargs)
-    raise ValueError(f"unknown group {name!r}; valid: {', '.join(GROUPS)}")
+    raise UsageError(f"unknown group {name!r}; valid: {', '.join(GROUPS)}")
 
 
 __all__ = ["GROUPS", "SO", "LieGroup", "Torus", "autocast_disabled", "build_group", "circular_mean", "float32_ops",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.lie.base import LieGroup, as_time, float32_ops
 
 METHODS = ("matrix_exp", "cayley")
@@ -75,9 +76,9 @@ class SO(LieGroup):
 
     def __init__(self, n: int, rank: int = 1, method: str = "matrix_exp"):
         if method not in METHODS:
-            raise ValueError(f"unknown SO method {method!r}; valid: {', '.join(METHODS)}")
+            raise UsageError(f"unknown SO method {method!r}; valid: {', '.join(METHODS)}")
         if int(n) < 2 or int(rank) < 1:
-            raise ValueError(f"SO needs n >= 2 and rank >= 1, got n={n!r}, rank={rank!r}")
+            raise UsageError(f"SO needs n >= 2 and rank >= 1, got n={n!r}, rank={rank!r}")
         self.n, self.rank, self.method = int(n), int(rank), method
         self.algebra_dim = 2 * self.n * self.rank  # never equals n, which lets act/geodesic tell xi from R
         self.latent_dim = self.n

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.lie.base import LieGroup, as_time, float32_ops
 
 
@@ -44,7 +45,7 @@ class Torus(LieGroup):
 
     def __init__(self, k: int):
         if int(k) < 1:
-            raise ValueError(f"Torus needs k >= 1 planes, got k={k!r}")
+            raise UsageError(f"Torus needs k >= 1 planes, got k={k!r}")
         self.k = int(k)
         self.algebra_dim = self.k
         self.latent_dim = 2 * self.k

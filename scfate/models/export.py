@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from scfate import __version__
-from scfate.data.errors import DataError
+from scfate._version import __version__
 from scfate.data.schema import check_same_genes
+from scfate.errors import DataError
 from scfate.utils.io import atomic_path, atomic_write_json
 
 FORMAT = "scfate.backbone"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from scfate import __version__
-from scfate.data.errors import DataError
+from scfate._version import __version__
+from scfate.errors import DataError
 from scfate.models.split_guard import check_backbone_split
 from scfate.utils.io import atomic_path, atomic_write_json, sha256_file
 
@@ -19,9 +19,13 @@ log = logging.getLogger("scfate")
 FORMAT = "scfate.flow_head"
 HPARAMS = ("use_dose", "d_embed", "d_hidden", "n_blocks", "d_context", "dropout", "sigma", "source_std", "n_steps",
            "sampler", "lr", "weight_decay", "coupling", "target", "decode", "anchor")
-# what a checkpoint written before a key existed meant by its absence (not today's defaults: an old head decoded
-# directly and did not anchor, and must predict as it did when it was trained and scored)
-LEGACY = {"decode": "direct", "anchor": "none"}
+
+
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """A flow-head checkpoint of an earlier release, in today's layout: a head written before ``decode`` and
+    ``anchor`` were stored decoded directly and did not anchor (not today's behaviour), and must predict as it did
+    when it was trained and scored. Applied once, on reading; a current checkpoint is returned unchanged."""
+    return {"decode": "direct", "anchor": "none", **ckpt}
 
 
 def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_info: dict, extra: dict | None = None):
@@ -64,7 +68,7 @@ def load_flow(path: str | Path, zero_shot: bool = True):
     from scfate.models.flow_head import FlowHead
 
     path = Path(path)
-    ckpt = read_checkpoint(path, FORMAT, "Flow-head", "Train one with `python train.py dataset=NAME`.")
+    ckpt = upgrade_checkpoint(read_checkpoint(path, FORMAT, "Flow-head", "Train one with `python train.py dataset=NAME`."))
     bb_path = (path.parent / ckpt["backbone_path"]).resolve()
     if not bb_path.is_file():
         raise DataError(f"The backbone of {path} is missing: expected {bb_path} (backbone_path="
@@ -81,7 +85,7 @@ def load_flow(path: str | Path, zero_shot: bool = True):
         log.warning("the backbone of %s saw some of the head's held-out perturbations: do not report its scores on "
                     "them as zero-shot", path)
     unit_features = ckpt["v_net_state_dict"]["embed.unit_features"]
-    hp = {k: ckpt.get(k, LEGACY.get(k)) for k in HPARAMS if k in ckpt or k in LEGACY}
+    hp = {k: ckpt[k] for k in HPARAMS if k in ckpt}
     offset = ckpt.get("prior_offset")
     head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"],
                     prior_offset=offset if offset is not None and offset.numel() else None, **hp)

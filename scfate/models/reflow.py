@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from scfate.errors import UsageError
 from scfate.flow.reflow import reflow_loss
 from scfate.models.flow_head import FlowHead
 
@@ -48,7 +49,7 @@ def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | Non
     hp = dict(teacher.hparams)
     unknown = sorted(set(overrides or {}) - set(hp))
     if unknown:
-        raise ValueError(f"student overrides {unknown} are not flow-head hyperparameters; valid: {sorted(hp)}")
+        raise UsageError(f"student overrides {unknown} are not flow-head hyperparameters; valid: {sorted(hp)}")
     hp.update(overrides or {}, n_steps=int(K))
     prior = teacher.prior_mu if prior_mu is None else prior_mu
     offset = teacher.prior_offset if prior_mu is None else prior_offset  # the offset belongs to its prior

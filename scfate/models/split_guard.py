@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 
 log = logging.getLogger("scfate")
 SETS = ("train", "val", "test")
@@ -39,9 +39,25 @@ def check_backbone_split(bb_ckpt: dict, split: dict, where: str) -> None:
             f"seen their cells, so zero-shot scores would be contaminated. The backbone's split is "
             f"{bb_split.get('mode')!r} seed {bb_split.get('seed')!r}; this run's is {split.get('mode')!r} seed "
             f"{split.get('seed')!r}. Use backbone=auto (reuses or trains the backbone of this run's split), or run "
-            f"on the backbone's split (data.split.seed={bb_split.get('seed')} with its settings, or "
+            f"on the backbone's split (split_seed={bb_split.get('seed')} with its settings, or "
             "data.split.mode=file data.split.file=<the split.json beside the backbone>).")
     if not same_split(bb_ckpt.get("split") or {}, split):
         log.warning("%s was trained on another split than this run's (no held-out perturbation of this run among its "
                     "%d training perturbations): scored zero-shot, but its atlas covers fewer perturbations than "
                     "this run trains on", where, len(seen_by_backbone(bb_ckpt)))
+
+
+def check_split(ckpt_split: dict, data_split: dict, ckpt_path) -> None:
+    """Raise naming the first difference between a checkpoint's split and the prepared data's."""
+    for key in ("mode", "seed", "params", "train", "val", "test"):
+        a, b = ckpt_split.get(key), data_split.get(key)
+        if a == b:
+            continue
+        if key in ("train", "val", "test"):
+            only_c, only_d = sorted(set(a or []) - set(b or [])), sorted(set(b or []) - set(a or []))
+            detail = f"only in the checkpoint's {key}: {only_c[:10]}, only in the data's: {only_d[:10]}"
+        else:
+            detail = f"checkpoint {a!r}, data {b!r}"
+        fix = f"run with split_seed={a}" if key == "seed" else "prepare the data with the checkpoint's split settings"
+        raise DataError(f"{ckpt_path} was trained on another split than the prepared data ({key} differs: {detail}). "
+                        f"Evaluate on its own split: {fix}.")

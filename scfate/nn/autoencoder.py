@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from scfate.errors import UsageError
+
 
 class MLP(nn.Sequential):
     """Linear -> LayerNorm -> SiLU (-> Dropout) blocks, then a final Linear. [B, d_in] -> [B, d_out]."""
@@ -44,7 +46,7 @@ class Decoder(nn.Module):
                  likelihood: str = "mse", dropout: float = 0.0):
         super().__init__()
         if likelihood not in ("mse", "nb"):
-            raise ValueError(f"likelihood={likelihood!r}; valid: ['mse', 'nb'].")
+            raise UsageError(f"likelihood={likelihood!r}; valid: ['mse', 'nb'].")
         self.likelihood = likelihood
         self.context = nn.Embedding(n_contexts, d_context)
         self.net = MLP(latent_dim + d_context, hidden, n_genes, dropout)

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from scfate.errors import UsageError
+
 KERNELS = ("rbf", "tanimoto")
 
 
@@ -68,13 +70,13 @@ class KRRPrior:
         standardize: bool = False,
     ):
         if kernel not in KERNELS:
-            raise ValueError(f"unknown kernel {kernel!r}; choose from {KERNELS}")
+            raise UsageError(f"unknown kernel {kernel!r}; choose from {KERNELS}")
         if kernel == "tanimoto" and standardize:
-            raise ValueError(
+            raise UsageError(
                 "standardize=True would make fingerprints negative; the Tanimoto kernel needs them >= 0"
             )
         if alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha}")
+            raise UsageError(f"alpha must be > 0, got {alpha}")
         self.kernel, self.alpha = kernel, float(alpha)
         self.gamma = float("nan") if gamma is None else float(gamma)  # None: unused (Tanimoto)
         self.center, self.standardize = bool(center), bool(standardize)

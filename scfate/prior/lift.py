@@ -36,12 +36,13 @@ def lift_to_angles(act: Callable, decode: Callable, targets: Tensor, z_ctrl: Seq
         theta = theta_init[start:start + chunk].detach().clone().float().requires_grad_(True)
         tgt = targets[:, start:start + chunk].float()
         opt = torch.optim.Adam([theta], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            err = sum(((decoded_means(act, decode, theta, z, c) - tgt[i]) ** 2).mean(-1)
-                      for i, (z, c) in enumerate(zip(z_ctrl, contexts)))
-            err.sum().backward()
-            opt.step()
+        with torch.enable_grad():  # an optimisation, also when called under no_grad (a predictor's predict)
+            for _ in range(steps):
+                opt.zero_grad()
+                err = sum(((decoded_means(act, decode, theta, z, c) - tgt[i]) ** 2).mean(-1)
+                          for i, (z, c) in enumerate(zip(z_ctrl, contexts)))
+                err.sum().backward()
+                opt.step()
         with torch.no_grad():
             err = sum(((decoded_means(act, decode, theta, z, c) - tgt[i]) ** 2).mean(-1)
                       for i, (z, c) in enumerate(zip(z_ctrl, contexts)))
@@ -61,3 +62,15 @@ def lift_residual(act: Callable, decode: Callable, theta: Tensor, delta: Tensor,
     base = decoded_means(act, decode, torch.zeros(1, theta.shape[1]), z_ctrl, context)
     return torch.cat([delta[i:i + chunk] - (decoded_means(act, decode, theta[i:i + chunk], z_ctrl, context) - base)
                       for i in range(0, theta.shape[0], chunk)])
+
+
+def lift_shifts(act: Callable, decode: Callable, deltas: Sequence[Tensor], z_ctrl: Sequence[Tensor],
+                contexts: Sequence[Tensor], theta_init: Tensor, steps: int, lr: float) -> tuple[Tensor, Tensor]:
+    """Angles ``[P, k]`` whose decoded change on each context's control latents matches the expression shifts
+    ``deltas[c] [P, G]``: the target of a residual-decoded prediction is ``mean D(z) + delta`` (what it adds to its
+    control cells), lifted by ``lift_to_angles``. Training (scfate.prior.expression) and ``scfate.load(...).predict``
+    both lift through this one function, so a prediction's prior is the one the model was trained with."""
+    with torch.no_grad():
+        zero = torch.zeros(1, theta_init.shape[1])
+        targets = [d + decoded_means(act, decode, zero, z, c)[0] for d, z, c in zip(deltas, z_ctrl, contexts)]
+    return lift_to_angles(act, decode, torch.stack(targets), z_ctrl, contexts, theta_init, steps=steps, lr=lr)

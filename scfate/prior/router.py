@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scfate.data.features.drugs import tanimoto_matrix
+from scfate.errors import UsageError
 
 # Metrics where a smaller value is better: negated before routing, so every routing score is "higher is better".
 LOWER_IS_BETTER = frozenset({"mse_top20_de", "mse_top20_de_non_dropout", "mse_top20_de_normalized",
@@ -83,7 +84,7 @@ def representation(kind: str, smiles: list[str | None]) -> tuple[np.ndarray, np.
     elif kind == "rdkit_descriptors":
         fn = raw_descriptors
     else:
-        raise ValueError(f"representation {kind!r} is not built from SMILES; valid: "
+        raise UsageError(f"representation {kind!r} is not built from SMILES; valid: "
                          "['atompair2048', 'maccs', 'morgan2048', 'rdkit_descriptors']")
     rows = {i: np.asarray(fn(m), dtype=np.float64) for i, m in enumerate(mols) if m is not None}
     d = len(next(iter(rows.values()))) if rows else 1
@@ -121,7 +122,7 @@ def neighbour_scores(sim: np.ndarray, val: np.ndarray, top_k: int) -> tuple[np.n
     neighbours count equally. A model with no defined value among the neighbours gets NaN.
     """
     if top_k < 1:
-        raise ValueError(f"top_k={top_k} must be >= 1")
+        raise UsageError(f"top_k={top_k} must be >= 1")
     M, T = val.shape[0], sim.shape[0]
     scores, neighbours = np.full((M, T), np.nan), []
     has_score = np.isfinite(val).any(0)
@@ -146,7 +147,7 @@ def softmax_weights(scores: np.ndarray, temperature: float) -> tuple[np.ndarray,
     scores [M, T] -> (weights [M, T], each column sums to 1; fallback [T], True where no model had a score and the
     weights are uniform)."""
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0 (small values approach argmax)")
+        raise UsageError(f"temperature={temperature} must be > 0 (small values approach argmax)")
     M, T = scores.shape
     weights, fallback = np.zeros((M, T)), np.zeros(T, dtype=bool)
     for t in range(T):
@@ -206,7 +207,7 @@ def apportion(weights: np.ndarray, n: int) -> np.ndarray:
     """Integer cell counts [M] summing to n, proportional to ``weights`` (largest remainder; ties -> lower index)."""
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or (w < 0).any() or not w.sum() > 0:
-        raise ValueError(f"weights must be a non-negative vector with a positive sum, got {w}")
+        raise UsageError(f"weights must be a non-negative vector with a positive sum, got {w}")
     raw = w / w.sum() * n
     counts = np.floor(raw).astype(int)
     rest = n - counts.sum()

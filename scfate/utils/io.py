@@ -54,3 +54,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_json(obj) -> str:
     """Stable digest of a JSON-serialisable object (keys sorted), used for cache keys."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sha256_file_cached(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
+    """``sha256_file`` remembered by (absolute path, size, mtime): a multi-gigabyte h5ad is hashed once, not at
+    every run. The record lives in ``cache_dir`` (one small file per key, written atomically); a changed file has
+    another size or mtime, so it is hashed afresh."""
+    st = os.stat(path)
+    key = hashlib.sha256(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    record = Path(cache_dir) / f"{key}.sha256"
+    try:
+        digest = record.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    digest = sha256_file(path)
+    try:
+        atomic_write_text(record, digest + "\n")
+    except OSError:  # a read-only data folder: the hash is still right, only not remembered
+        pass
+    return digest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 from scfate.utils.io import atomic_path
 
 FORMAT_VERSION = 1

@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from scfate.data.errors import DataError
 from scfate.data.features.base import PerturbationFeatures, assemble, need_file
+from scfate.errors import DataError
 
 DEFAULTS = {"compounds": None, "name_columns": ["name", "Product.Name", "catalog_number"],
             "smiles_column": "canonical_smiles", "morgan_radius": 2, "morgan_bits": 2048, "descriptors": True}

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scfate.data.errors import DataError
 from scfate.data.features.base import PerturbationFeatures, assemble, need_file
+from scfate.errors import DataError
 from scfate.utils.io import atomic_path, sha256_file, sha256_json
 
 GO_DEFAULTS = {"n_components": 64, "ontologies": ["BP", "MF", "CC"], "min_genes_per_term": 3, "seed": 0}

@@ -1,0 +1,69 @@
+"""Reflow couplings: the ``(theta_0, ODE_teacher(theta_0))`` pairs a few-step student is trained on (DESIGN §2.5),
+drawn over the training conditions and their contexts' training control cells, and the loader that batches them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from scfate.flow.reflow import Couplings, draw_teachers, teacher_endpoints
+
+
+def _sources(student, dm, n: int, probs: torch.Tensor, seed: int) -> Couplings:
+    """``n`` rows with their source, conditioning and teacher index; ``theta1`` left to fill. Training conditions are
+    cycled in shuffled order so each gets its share of the rows, one datamodule batch of one condition at a time."""
+    rng, gen = np.random.default_rng([seed, 11]), torch.Generator().manual_seed(seed)
+    groups, b = dm.groups["train"], dm.batch_size
+    n_draws = math.ceil(n / b)
+    order = np.concatenate([rng.permutation(len(groups)) for _ in range(math.ceil(n_draws / len(groups)))])
+    rows = []
+    for c in range(n_draws):
+        g, m = groups[order[c]], min(b, n - c * b)
+        enc = dm.encode[(g.context, g.condition)]
+        ctrl = dm.controls[g.context]
+        idx = rng.choice(ctrl, m, replace=len(ctrl) < m)
+        # the backbone is shared by every teacher (checked before), so the student's latents are theirs too
+        z = student.backbone.encode(torch.from_numpy(dm.reader(idx)), enc["context"]).float()
+        rows.append(Couplings(theta0=student._source(enc["perturbation"], m), theta1=torch.empty(0), z_ctrl=z,
+                              ctrl_index=torch.as_tensor(idx, dtype=torch.long),
+                              perturbation=enc["perturbation"].expand(m), context=enc["context"].expand(m),
+                              members=enc["members"].expand(m, -1), log10_dose=enc["log10_dose"].expand(m),
+                              teacher=draw_teachers(m, probs, gen)))
+    return Couplings.cat(rows)
+
+
+@torch.no_grad()
+def generate_couplings(student, teachers: list, dm, n: int, teacher_steps: int, probs: torch.Tensor, seed: int,
+                       chunk: int = 4096) -> Couplings:
+    """``n`` couplings from a set-up datamodule ``dm``. ``theta_0`` is the student's source; each row's teacher is
+    drawn from ``probs`` (one probability per entry of ``teachers``); ``theta_1`` is that teacher's ODE solution at
+    ``teacher_steps`` with its own sampler, conditioned on the row's control latent, perturbation and context."""
+    out = _sources(student, dm, n, probs, seed)
+    out.theta1 = torch.empty_like(out.theta0)
+    # many conditions per ODE solve (each row carries its own conditioning), ``chunk`` rows at a time for memory
+    for start in range(0, len(out), chunk):
+        part = out[slice(start, start + chunk)]
+        for j in part["teacher"].unique().tolist():
+            sel = (part["teacher"] == j).nonzero().squeeze(1)
+            t = teachers[j]
+            e_p = t.v_net.embed(part["members"][sel], part["log10_dose"][sel])
+            z, ctx = part["z_ctrl"][sel], part["context"][sel]
+
+            def v_fn(theta, tt, t=t, e_p=e_p, z=z, ctx=ctx):
+                return t.v_net(theta, tt, e_p, z, ctx).float()
+
+            out.theta1[start + sel] = teacher_endpoints(t.path, v_fn, part["theta0"][sel], teacher_steps,
+                                                        t.hparams.sampler)
+    return out
+
+
+def coupling_loader(couplings: Couplings, batch_size: int, seed: int):
+    """Shuffled batches of whole rows; the sampler yields index lists, so a batch is one tensor gather, not a
+    per-row collate."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+
+    sampler = RandomSampler(couplings, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(couplings, sampler=BatchSampler(sampler, batch_size, drop_last=len(couplings) > batch_size),
+                      batch_size=None)

@@ -1,0 +1,122 @@
+"""What every predictor shares: a test ``Condition`` in, a ``Prediction`` (mean and cells) out.
+
+Baselines (scfate.eval.baselines), the flow head (``FlowPredictor``), the backbone's oracle check, prediction files
+and the router's mixtures all implement ``Predictor``; the evaluation runner, the router, ``evaluate.py ckpt=`` and
+``scfate.load(...).predict`` call them the same way, so a score never depends on which door a model came in by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class NotPredictable(ValueError):
+    """This predictor has no prediction for this condition; the message says why (recorded as 'not defined')."""
+
+
+@dataclass
+class Condition:
+    context: str
+    condition: str
+    perturbation: str
+    members: list[str]
+    dose: float  # NaN for genes
+    features: np.ndarray  # sum of member unit features (+ log10 dose for drugs)
+
+
+@dataclass
+class Pseudobulk:
+    """What a baseline may learn from: training (and validation) condition deltas, never test ones."""
+
+    perturbation_type: str
+    contexts: list[str]
+    ctrl_mean: dict[str, np.ndarray]  # context -> [G]
+    train: dict[str, list[tuple[Condition, np.ndarray]]]  # context -> [(condition, delta [G])]
+    val: dict[str, list[tuple[Condition, np.ndarray]]] = field(default_factory=dict)
+
+    def train_delta_mean(self, context: str) -> np.ndarray:
+        rows = self.train.get(context) or [r for c in self.contexts for r in self.train.get(c, [])]
+        if not rows:
+            raise NotPredictable("no training perturbations to average")
+        return np.mean([d for _, d in rows], axis=0)
+
+
+@dataclass
+class Prediction:
+    mean: np.ndarray  # [G] predicted mean expression
+    cells: np.ndarray  # [n, G] predicted cells (for distribution metrics)
+    notes: list[str] = field(default_factory=list)
+
+
+class Predictor:
+    """Interface shared by baselines and models."""
+
+    name = "predictor"
+
+    def fit(self, pb: Pseudobulk) -> None:
+        self.pb = pb
+
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        delta, notes = self.predict_delta(cond)
+        return Prediction(self.pb.ctrl_mean[cond.context] + delta, ctrl_cells + delta[None, :], notes)
+
+    def predict_delta(self, cond: Condition) -> tuple[np.ndarray, list[str]]:
+        raise NotPredictable(f"{self.name} predicts cells directly")
+
+
+class FlowPredictor(Predictor):
+    """The flow head as a predictor (one predicted cell per control cell), for evaluation, the router, reflow and
+    ``scfate.load(...).predict`` alike. A perturbation of the head's vocabulary uses its stored prior; one outside it
+    (an unseen combination in the API) needs ``prior_of_new(members, z_ctrl, ctx) -> (theta_mu, offset)``."""
+
+    def __init__(self, head, perturbations: list[str], contexts: list[str], units: dict[str, int], name: str,
+                 n_steps: int | None = None, prior_only: bool = False, prior_of_new=None):
+        self.head, self.perturbations, self.contexts, self.units = head.eval(), perturbations, contexts, units
+        self.name, self.n_steps, self.prior_only, self.prior_of_new = name, n_steps, prior_only, prior_of_new
+        self._index = {p: i for i, p in enumerate(perturbations)}
+
+    @torch.no_grad()
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        x = torch.as_tensor(ctrl_cells, dtype=torch.float32)
+        ctx = torch.tensor(self.contexts.index(cond.context))
+        index = self._index.get(cond.perturbation)
+        members = torch.tensor([self.units[m] for m in cond.members])
+        dose = torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)
+        if index is None:
+            if self.prior_of_new is None:
+                raise NotPredictable(f"{cond.perturbation!r} is not in this head's vocabulary")
+            theta_mu, offset = self.prior_of_new(cond.members, self.head.backbone.encode(x, ctx).float(), ctx)
+            out = self.head.sample_cells(x, ctx, None, members, dose, self.n_steps, theta_mu=theta_mu, offset=offset)
+        elif self.prior_only:  # the KRR prior alone: rotate every control by the predicted mean angle
+            pert = torch.tensor(index)
+            z = self.head.backbone.encode(x, ctx).float()
+            out = self.head.decode_rotated(self.head.prior_mu[pert].expand(len(x), -1), z, x, ctx,
+                                           self.head.offset_of(pert, ctx))
+        else:
+            out = self.head.sample_cells(x, ctx, torch.tensor(index), members, dose, self.n_steps)
+        out = out.double().numpy()
+        return Prediction(out.mean(0), out)
+
+
+class BackboneOracle(Predictor):
+    """Oracle check of a backbone: predict each *training* perturbation by rotating control cells with its learned
+    mean angle and decoding. It measures whether the rotation latent can express real effects at all (an in-sample
+    upper bound for the flow head, not a zero-shot score)."""
+
+    name = "oracle:backbone"
+
+    def __init__(self, model, contexts: list[str]):
+        self.model, self.contexts = model.eval(), contexts
+        self.index = {p: i for i, p in enumerate(model.hparams.perturbations)}
+
+    @torch.no_grad()
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        if cond.perturbation not in set(self.model.hparams.atlas_perturbations):
+            raise NotPredictable(f"{cond.perturbation!r} has no learned angle (not a training perturbation)")
+        ctx = torch.tensor(self.contexts.index(cond.context))
+        theta = self.model.theta_bar(torch.tensor(self.index[cond.perturbation]))
+        x = self.model.transport(torch.as_tensor(ctrl_cells, dtype=torch.float32), ctx, theta).double().numpy()
+        return Prediction(x.mean(0), x)

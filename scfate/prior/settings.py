@@ -1,0 +1,36 @@
+"""The prior's settings as one plain dataclass: what ``conf/prior/*.yaml`` instantiates and what the fitting
+functions take, so no DictConfig reaches below the pipelines. The YAML holds the defaults (one default per key)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from scfate.errors import UsageError
+
+PRIORS = ("krr", "none")
+SPACES = ("angle", "expression", "auto")
+
+
+@dataclass(frozen=True)
+class PriorSettings:
+    name: str  # krr | none
+    kernel: str  # rbf | tanimoto (fingerprints)
+    krr_gamma: float | None
+    krr_alpha: float | None
+    select: bool  # choose alpha and gamma on validation perturbations
+    space: str  # angle | expression | auto (chosen on validation perturbations)
+    auto_margin: float
+    lift_cells: int
+    lift_steps: int
+    lift_lr: float
+    lift_residual: bool
+    residual_cells: int
+
+    def __post_init__(self):
+        if self.name not in PRIORS:
+            raise UsageError(f"prior={self.name!r} is not a prior; valid: {list(PRIORS)}.")
+        if self.space not in SPACES:
+            raise UsageError(f"prior.space={self.space!r}; valid: {list(SPACES)}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
