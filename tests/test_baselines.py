@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scfate.eval.baselines import BASELINES, Condition, NotPredictable, Pseudobulk, make_baseline
+from scfate.eval.baselines import BASELINES, make_baseline
+from scfate.models.predictor import Condition, NotPredictable, Pseudobulk
 
 G = 50
 RNG = np.random.default_rng(0)

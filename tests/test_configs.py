@@ -11,8 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from scfate.cli import CONF_DIR
 from scfate.data import DataSpec, SplitSpec
+from scfate.pipelines.config import CONF_DIR
 
 CONF = Path(CONF_DIR)
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -21,6 +21,7 @@ TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONF / "logger").glob("*.yaml"))
 FEATURES = sorted(p.stem for p in (CONF / "features").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+PRIORS = sorted(p.stem for p in (CONF / "prior").glob("*.yaml"))
 
 
 def _compose(config_name: str, overrides: list[str], tmp_path) -> object:
@@ -39,6 +40,9 @@ def test_the_config_tree_is_complete():
     assert {"synthetic", "norman", "norman_devel", "k562", "rpe1", "sciplex3", "custom"} <= set(DATASETS)
     assert TRAINERS == ["cpu", "ddp", "gpu"] and LOGGERS == ["csv", "wandb"]
     assert (CONF / "paths" / "default.yaml").is_file() and (CONF / "hydra" / "default.yaml").is_file()
+    assert PRIORS == ["krr", "none"]
+    for group in ("datamodule", "callbacks", "flow", "split"):
+        assert (CONF / group / "default.yaml").is_file(), group
 
 
 @pytest.mark.parametrize("name", PRIMARY)
@@ -55,7 +59,9 @@ def test_dataset_configs_instantiate(dataset, tmp_path):
     cfg = _compose("train", [f"dataset={dataset}", "seed=7", *extra], tmp_path)
     spec = instantiate(cfg.data)
     assert isinstance(spec, DataSpec) and spec.name == dataset
-    assert spec.split.seed == 7  # the top-level seed drives the split, so seed=1,2,3 -m varies it
+    assert spec.split.seed == 7  # split_seed defaults to the seed, so seed=1,2,3 -m varies the split (GEARS)
+    pinned = instantiate(_compose("train", [f"dataset={dataset}", "seed=7", "split_seed=2", *extra], tmp_path).data)
+    assert pinned.split.seed == 2  # ... and split_seed=N pins one split for every training seed
     # every split key is present, so any can be overridden without "+"
     assert set(cfg.data.split) == {f.name for f in dataclasses.fields(SplitSpec)}
     assert isinstance(spec.features, dict) and spec.features
@@ -65,7 +71,10 @@ def test_features_groups_are_used():
     used = {line.split(":")[-1].strip() for p in (CONF / "dataset").glob("*.yaml")
             for line in p.read_text().splitlines() if "/features@features" in line}
     assert used == set(FEATURES)
-    assert all("/split@split: default" in p.read_text() for p in (CONF / "dataset").glob("*.yaml"))
+    # one shared base (target, split keys, usual columns) instead of a copy per dataset
+    assert "/split@split: default" in (CONF / "dataset_base" / "default.yaml").read_text()
+    assert all("/dataset_base@_here_: default" in p.read_text() and "_target_" not in p.read_text()
+               for p in (CONF / "dataset").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -93,11 +102,42 @@ def test_logger_configs_instantiate(logger, tmp_path):
         assert cfg.logger.offline is True and cfg.logger.group == "synthetic"
 
 
-def test_datamodule_config_instantiates(tmp_path):
-    cfg = _compose("train", ["dataset=norman_devel"], tmp_path)
-    dm = instantiate(cfg.datamodule, _partial_=True)(spec=instantiate(cfg.data))
+@pytest.mark.parametrize("app", ["train", "reflow"])
+def test_datamodule_config_instantiates(app, tmp_path):
+    cfg = _compose(app, ["dataset=norman_devel"], tmp_path)
+    dm = instantiate(cfg.datamodule)(spec=instantiate(cfg.data), data_dir=tmp_path)  # a partial: stages add data
     assert isinstance(dm.spec, DataSpec) and dm.spec.name == "norman_devel"
-    assert dm.batch_size == cfg.datamodule.batch_size and dm.data is None
+    assert dm.batch_size == cfg.datamodule.batch_size and dm.data is None and dm.seed == cfg.seed
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_prior_configs_instantiate(prior, tmp_path):
+    from scfate.prior.settings import PriorSettings
+
+    settings = instantiate(_compose("train", [f"prior={prior}"], tmp_path).prior)
+    assert isinstance(settings, PriorSettings) and settings.name == prior
+    assert settings.select is (prior == "krr")
+
+
+def test_flow_config_instantiates_a_head_on_a_backbone(tmp_path):
+    from scfate.models.flow_head import FlowHead
+    from scfate.pipelines.flow import head_behaviour
+
+    cfg = _compose("train", [], tmp_path)
+    bb = instantiate(cfg.model, n_genes=12, n_contexts=2, perturbations=["A", "B", "A+B"],
+                     atlas_perturbations=["A", "B"], _convert_="all")
+    head = instantiate(cfg.flow.head, **head_behaviour("krr"), backbone=bb, unit_features=torch.randn(2, 5),
+                       prior_mu=torch.zeros(3, bb.hparams.theta_dim), n_contexts=2)
+    assert isinstance(head, FlowHead) and head.hparams.target == "prior" and head.hparams.decode == "residual"
+    assert head_behaviour("none")["target"] == "atlas" and head_behaviour("none")["anchor"] == "none"
+
+
+@pytest.mark.parametrize("stage", ["backbone", "flow"])
+def test_callbacks_configs_instantiate(stage, tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    cb = instantiate(_compose("train", [], tmp_path).callbacks[stage], dirpath=tmp_path / "ckpt")
+    assert isinstance(cb, ModelCheckpoint) and cb.monitor == {"backbone": "val/loss", "flow": "val/delta_cos"}[stage]
 
 
 @pytest.mark.parametrize("model", MODELS)

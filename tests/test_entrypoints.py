@@ -53,24 +53,37 @@ def _backbone_of(run_dir):
 
 
 def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leaky_one(tmp_path):
-    """seed=1,2 on one pinned split train its backbone once; a run of another split (seed=3) gets its own, never
-    one trained on its test perturbations; an explicit backbone of another split that saw them is refused."""
+    """seed=1,2,3 split_seed=1 train the split's backbone once and give Table 1 mean ± sd over n=3 runs for the
+    model and every baseline; a run of another split gets its own backbone, never one trained on its test
+    perturbations; an explicit backbone of another split that saw them is refused."""
+    from scfate.eval.report import table1
+
     art = tmp_path / "artifacts"
-    args = ["-m", "seed=1,2", "data.split.seed=1", *QUICK, f"paths.artifacts_dir={art}",
+    args = ["-m", "seed=1,2,3", "split_seed=1", *QUICK, f"paths.artifacts_dir={art}",
             f"hydra.sweep.dir={tmp_path / 'mr'}", f"paths.data_dir={tmp_path / 'data'}"]
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("backbone exported to") == 1  # trained once by the first job, reused by the second
-    run(["train.py", "seed=3", *QUICK, f"paths.artifacts_dir={art}"], tmp_path)  # split seed 3 (follows seed)
-    heads = {s: _backbone_of(art / "flow_heads" / "synthetic" / f"seed{s}") for s in (1, 2, 3)}
-    assert heads[1][2] == heads[2][2] != heads[3][2]
+    assert proc.stdout.count("backbone exported to") == 1  # trained once by the first job, reused by the others
+    heads_dir = art / "flow_heads" / "synthetic"
+    table = table1([heads_dir / f"seed{s}" / f"eval_synthetic_seed{s}.json" for s in (1, 2, 3)])
+    assert not table["notes"]  # three runs, not one seed whose runs disagree
+    for row in table["rows"]:  # the model and every baseline: n = 3 runs (split 1, training seeds 1-3)
+        assert row["cells"]["da"]["n"] == 3 and row["cells"]["da"]["seeds"] == [1, "split1/seed2", "split1/seed3"]
+    model = next(r for r in table["rows"] if r["model"] == "scfate:synthetic")
+    assert model["cells"]["cos"]["sd"] is not None
+    other = art / "flow_heads" / "synthetic" / "split3"
+    run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}", *QUICK, f"paths.artifacts_dir={art}"], tmp_path)
+    heads = {s: _backbone_of(heads_dir / f"seed{s}") for s in (1, 2, 3)}
+    heads["other"] = _backbone_of(other)
+    assert heads[1][2] == heads[2][2] == heads[3][2] != heads["other"][2]
     for ckpt, bb, _ in heads.values():
         assert bb["split"]["train"] == ckpt["split"]["train"]
         assert not set(bb["atlas_perturbations"]) & set(ckpt["split"]["test"] + ckpt["split"]["val"])
-    split1, split3 = heads[1][0]["split"], heads[3][0]["split"]
+    split1, split3 = heads[1][0]["split"], heads["other"][0]["split"]
+    assert split1["seed"] == 1 and split3["seed"] == 3
     assert set(split1["train"]) & set(split3["test"])  # so split 1's backbone would leak into split 3's scores
-    proc = run(["train.py", "seed=3", f"backbone={heads[1][2]}", *QUICK, f"paths.artifacts_dir={art}"], tmp_path,
-               expect=2)
+    proc = run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}", f"backbone={heads[1][2]}", *QUICK,
+                f"paths.artifacts_dir={art}"], tmp_path, expect=2)
     assert "that this run holds out (test: [" in proc.stderr and "Traceback" not in proc.stderr
 
 

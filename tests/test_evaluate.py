@@ -77,10 +77,12 @@ def test_no_change_is_the_normalisation_reference(scored):
 
 def test_eval_json_round_trip_and_provenance(scored, tmp_path):
     data, res = scored
-    ev = build_eval_json("baseline:additive", data, res, {"baseline": "additive"})
+    ev = build_eval_json("baseline:additive", data, res, {"baseline": "additive"}, seed=3)
     path = write_eval_json(ev, tmp_path / "eval.json")
     assert read_eval_json(path) == json.loads(json.dumps(ev))
-    assert set(ev) == {"schema_version", "model", "dataset", "split", "seed", "metrics", "baselines", "provenance"}
+    assert set(ev) == {"schema_version", "model", "dataset", "split", "seed", "split_seed", "metrics", "baselines",
+                       "provenance"}
+    assert ev["seed"] == 3 and ev["split_seed"] == ev["split"]["seed"] == data.split.seed
     assert set(ev["metrics"]) == {"overall", "by_subgroup", "per_perturbation"}
     assert set(ev["metrics"]["overall"]) == set(M.ALL_METRICS)
     prov = ev["provenance"]
@@ -106,7 +108,7 @@ def test_prediction_files(scored, tmp_path):
 def test_evaluate_py_on_norman_devel(shared_data, tmp_path):
     proc = run(["evaluate.py", "baseline=additive", "dataset=norman_devel", "seed=1",
                 f"paths.shared_data_dir={shared_data}"], tmp_path)
-    ev = read_eval_json(tmp_path / "run" / "eval_baseline_additive_norman_devel_seed1.json")
+    ev = read_eval_json(tmp_path / "run" / "eval_baseline_additive_norman_devel_split1_seed1.json")
     assert ev["model"] == "baseline:additive" and ev["split"]["mode"] == "simulation" and ev["seed"] == 1
     assert set(ev["baselines"]) == {"no_change", "train_mean", "linear", "feature_ridge"}
     assert set(ev["metrics"]["by_subgroup"]) == {"unseen_single", "combo_seen1", "combo_seen2"}

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from scfate.data.errors import DataError
 from scfate.data.features import (
     PerturbationFeatures,
     build_drug_features,
@@ -19,6 +18,7 @@ from scfate.data.features import (
     tanimoto_matrix,
 )
 from scfate.data.features import genes as genes_mod
+from scfate.errors import DataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GF = DATA / "gene_features"

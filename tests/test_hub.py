@@ -27,12 +27,12 @@ def _export_tree(tmp: Path, snap: Path):
     """A tiny real tree (untrained weights, real formats) on the default synthetic dataset, as evaluate.py prepares it."""
     from hydra import compose, initialize_config_dir
 
-    from scfate.cli import CONF_DIR, instantiate_spec
     from scfate.data.datamodule import PerturbationDataModule
     from scfate.models.backbone import RotationAE
     from scfate.models.export import export_backbone
     from scfate.models.flow_export import export_flow
     from scfate.models.flow_head import FlowHead
+    from scfate.pipelines.config import CONF_DIR, instantiate_spec
     from scfate.utils.reproduce import write_reproduce
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
@@ -88,7 +88,7 @@ def evaluated(hub):
     """`python evaluate.py ckpt=hf://owner/scfate/flow_heads/synthetic/seed1` offline, from the cache only."""
     out = hub["tmp"] / "eval.json"
     env = {**os.environ, "HF_HUB_CACHE": str(hub["cache"]), "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "evaluate.py", f"ckpt=hf://{REPO}/{RUN}", "n_cells=30", "baselines=[no_change,additive]", *SMALL,
+    cmd = [sys.executable, "evaluate.py", f"ckpt=hf://{REPO}/{RUN}", "eval_n_cells=30", "eval_baselines=[no_change,additive]", *SMALL,
            f"paths.data_dir={hub['tmp'] / 'data'}", f"hydra.run.dir={hub['tmp'] / 'run'}", f"out={out}"]
     proc = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -157,17 +157,18 @@ def test_evaluate_py_ckpt_hf_offline(hub, evaluated):
 def test_evaluate_ckpt_refuses_another_dataset_or_split(hub):
     from hydra import compose, initialize_config_dir
 
-    from scfate.cli import CONF_DIR, run_evaluate
+    from scfate.cli import run_evaluate
+    from scfate.pipelines.config import CONF_DIR
 
     with initialize_config_dir(CONF_DIR, version_base="1.3"):  # refused before any data is prepared
         cfg = compose("evaluate", overrides=[f"ckpt=hf://{REPO}/{RUN}", "dataset=synthetic_drugs",
                                              f"paths.data_dir={hub['tmp'] / 'data'}"])
     with pytest.raises(DataError, match="checkpoint trained on synthetic: run with dataset=synthetic"):
         run_evaluate(cfg)
-    from scfate.hub.evaluate import check_split
+    from scfate.models.split_guard import check_split
 
     split = torch.load(hub["snap"] / RUN / "flow_best.pt", weights_only=True)["split"]
-    with pytest.raises(DataError, match=r"seed differs: checkpoint 1, data 2.*run with seed=1"):
+    with pytest.raises(DataError, match=r"seed differs: checkpoint 1, data 2.*run with split_seed=1"):
         check_split(split, {**split, "seed": 2}, "x.pt")
     with pytest.raises(DataError, match=r"test differs: only in the checkpoint's test: \['ZZZ'\]"):
         check_split({**split, "test": [*split["test"], "ZZZ"]}, split, "x.pt")
@@ -272,10 +273,3 @@ def test_push_dry_run_stages_the_card_and_upload_is_called(hub, evaluated, tmp_p
     calls.clear()
     assert main(["push", str(root), "--repo", "me/scfate-test"]) == 2 and not calls
     assert "Refusing to push" in capsys.readouterr().err
-
-
-@pytest.mark.skip(reason="real upload needs network and a write token; tests run offline (upload is tested mocked)")
-def test_push_to_the_real_hub():
-    from scfate.hub.publish import push
-
-    push("artifacts", os.environ["SCFATE_TEST_REPO"])

@@ -125,7 +125,7 @@ def test_norman_devel_real_file(shared_data, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from scfate.cli import CONF_DIR
+    from scfate.pipelines.config import CONF_DIR
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("prepare", overrides=["dataset=norman_devel", "seed=1",

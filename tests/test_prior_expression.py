@@ -1,5 +1,8 @@
 """Expression-space prior (DESIGN §2.4, prior.space=expression): member-additive KRR and its lift to angles."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
 from test_backbone import dm, make_model  # noqa: F401 - fixtures
@@ -7,6 +10,16 @@ from test_backbone import dm, make_model  # noqa: F401 - fixtures
 from scfate.lie import Torus
 from scfate.prior.additive import AdditivePrior
 from scfate.prior.lift import decoded_means, lift_to_angles
+
+KRR_YAML = Path(__file__).resolve().parents[1] / "conf" / "prior" / "krr.yaml"
+
+
+def prior_settings(**overrides):
+    """The shipped KRR prior config (conf/prior/krr.yaml) with ``overrides``, as the flow stage instantiates it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.merge(OmegaConf.load(KRR_YAML), overrides))
 
 
 def test_measured_singles_are_used_exactly_and_unseen_singles_follow_a_linear_map():
@@ -66,28 +79,26 @@ def test_expression_prior_in_a_checkpoint_predicts_an_unseen_combination(dm, tmp
     """fit (pipeline) -> export -> scfate.load -> predict: the API lifts the stored prior on the user's controls."""
     import anndata as ad
     import pandas as pd
-    from omegaconf import OmegaConf
 
     import scfate
     from scfate.models.export import export_backbone
     from scfate.models.flow_export import export_flow
     from scfate.models.flow_head import FlowHead
-    from scfate.pipeline_flow import fit_prior, perturbation_features
+    from scfate.prior.fit import fit_prior, perturbation_features
 
     backbone = make_model(dm).eval()
     bb_path = export_backbone(backbone, dm.data, tmp_path / "backbones" / "tiny" / "backbone.pt")
     unit_feats, pert_feats = perturbation_features(dm)
-    cfg = OmegaConf.create({"prior": {"name": "krr", "kernel": "rbf", "krr_gamma": 0.1, "krr_alpha": 1.0,
-                                      "select": True, "space": "expression", "lift_cells": 8, "lift_steps": 20,
-                                      "lift_lr": 0.1}})
-    prior_mu, info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    settings = prior_settings(krr_gamma=0.1, space="expression", lift_cells=8, lift_steps=20, lift_residual=False)
+    prior_mu, info = fit_prior(settings, backbone, dm, pert_feats, unit_feats)
     assert prior_mu.shape == (len(dm.perturbations), backbone.hparams.theta_dim) and info["prior_space"] == "expression"
-    cfg.prior.space, cfg.prior.auto_margin = "auto", -10.0  # a margin no score misses: auto must pick expression
-    _, auto = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    # a margin no score misses: auto must pick expression
+    _, auto = fit_prior(replace(settings, space="auto", auto_margin=-10.0), backbone, dm, pert_feats, unit_feats)
     assert set(auto["prior_space_selection"]) == {"angle", "expression"} and auto["prior_space"] == "expression"
     assert all(-1.0 <= v <= 1.0 for v in auto["prior_space_selection"].values())
-    cfg.prior.auto_margin = 10.0  # ... and one no score reaches: angle
-    assert fit_prior(cfg, backbone, dm, pert_feats, unit_feats)[1]["prior_space"] == "angle"
+    # ... and one no score reaches: angle
+    assert fit_prior(replace(settings, space="auto", auto_margin=10.0), backbone, dm, pert_feats,
+                     unit_feats)[1]["prior_space"] == "angle"
     head = FlowHead(backbone, unit_feats, prior_mu, len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1, n_steps=2,
                     target="prior")
     path = export_flow(head, dm.data, tmp_path / "flow_heads" / "tiny" / "seed1" / "flow_best.pt", bb_path, info)
@@ -139,21 +150,20 @@ def test_lift_residual_makes_the_prior_alone_predict_its_shift_exactly(dm, tmp_p
     on the offset's cells; it travels in the checkpoint and the API recomputes it for an unseen combination."""
     import anndata as ad
     import pandas as pd
-    from omegaconf import OmegaConf
 
     import scfate
     from scfate.models.export import export_backbone
     from scfate.models.flow_export import export_flow, load_flow
     from scfate.models.flow_head import FlowHead
-    from scfate.pipeline_flow import control_latents, fit_prior, perturbation_features
+    from scfate.models.predictor import Condition, FlowPredictor
+    from scfate.prior.fit import fit_prior, perturbation_features
+    from scfate.prior.validation import control_latents
 
     backbone = make_model(dm).eval()
     bb_path = export_backbone(backbone, dm.data, tmp_path / "backbones" / "tiny" / "backbone.pt")
     unit_feats, pert_feats = perturbation_features(dm)
-    cfg = OmegaConf.create({"prior": {"name": "krr", "kernel": "rbf", "krr_gamma": 0.1, "krr_alpha": 1.0,
-                                      "select": True, "space": "expression", "lift_cells": 8, "lift_steps": 20,
-                                      "lift_lr": 0.1, "lift_residual": True, "residual_cells": 6}})
-    prior_mu, info = fit_prior(cfg, backbone, dm, pert_feats, unit_feats)
+    settings = prior_settings(krr_gamma=0.1, space="expression", lift_cells=8, lift_steps=20, residual_cells=6)
+    prior_mu, info = fit_prior(settings, backbone, dm, pert_feats, unit_feats)
     offset = info.pop("offset")
     assert offset.shape == (len(dm.perturbations), len(dm.contexts), dm.n_genes) and info["lift_residual"]
     head = FlowHead(backbone, unit_feats, prior_mu, len(dm.contexts), d_embed=8, d_hidden=16, n_blocks=1, n_steps=2,
@@ -172,7 +182,18 @@ def test_lift_residual_makes_the_prior_alone_predict_its_shift_exactly(dm, tmp_p
     assert torch.equal(load_flow(path)[0].prior_offset, offset)
     model = scfate.load(path)
     ctrl = ad.AnnData(dm.reader(dm.controls["c1"][:10]), var=pd.DataFrame(index=model.genes))
-    assert np.isfinite(model.predict(ctrl, ["A+D"], n_cells=10, context="c1").X).all()
+    ctrl.obs_names = [f"ctrl{i}" for i in range(10)]
+    assert np.isfinite(model.predict(ctrl, ["C+D"], n_cells=10, context="c1").X).all()  # outside the vocabulary
+    # a vocabulary perturbation: the API predicts exactly what evaluation's FlowPredictor does on the same cells
+    torch.manual_seed(0)
+    pred = model.predict(ctrl, ["D+A"], n_cells=10, context="c1", seed=3)
+    rows = [list(ctrl.obs_names).index(c) for c in pred.obs["control_cell"]]
+    loaded, ckpt = load_flow(path)
+    units = {u: i for i, u in enumerate(ckpt["units"])}
+    torch.manual_seed(0)
+    ev = FlowPredictor(loaded, list(ckpt["perturbations"]), list(ckpt["contexts"]), units, "eval").predict(
+        Condition("c1", "A+D", "A+D", ["A", "D"], float("nan"), np.zeros(0)), ctrl.X[rows])
+    assert np.allclose(pred.X, ev.cells, atol=1e-6)
 
 
 def test_mean_anchoring_puts_the_cells_mean_on_the_prior_alone(dm):  # noqa: F811

@@ -13,15 +13,15 @@ import torch
 from conftest import PROJECT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from scfate.cli import CONF_DIR
-from scfate.data import DataError
 from scfate.data.prepare import prepare
+from scfate.errors import DataError
 from scfate.flow import TorusPath, integrate
 from scfate.flow.reflow import Couplings, draw_teachers, mixture_weights, reflow_loss, teacher_endpoints
-from scfate.pipeline_reflow import check_against_data, check_k, check_teachers, teacher_refs
+from scfate.pipelines.config import CONF_DIR, instantiate_spec, split_seed_of
+from scfate.pipelines.reflow import check_k
+from scfate.pipelines.teachers import check_against_data, check_teachers, teacher_refs
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_teachers_of_other_datasets_or_genes_are_named(teacher):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("reflow", overrides=[f"paths.data_dir={tmp / 'data'}"])
-    data = prepare(instantiate(cfg.data), cfg.paths.data_dir)
+    data = prepare(instantiate_spec(cfg, split_seed_of(cfg, ckpt["split"]["seed"])), cfg.paths.data_dir)
     check_against_data(["t"], [ckpt], data)
     moved = {**ckpt, "split": {**ckpt["split"], "seed": 2, "test": ckpt["split"]["test"][1:]}}
     with pytest.raises(DataError, match=r"Teacher t was trained on another split.*seed: 2 \(teacher\) vs 1 \(data\); "

@@ -22,12 +22,13 @@ def _results(means: dict, subgroup_means: dict | None = None) -> dict:
 
 
 def make_eval(model="scfate", dataset="toy", seed=1, means=None, baselines=None, subgroups=None,
-              schema_version=1, time="2026-01-01T00:00:00+00:00") -> dict:
-    """A minimal but valid eval JSON with the chosen per-JSON means."""
+              schema_version=1, time="2026-01-01T00:00:00+00:00", split_seed=None) -> dict:
+    """A minimal but valid eval JSON with the chosen per-JSON means (split seed = seed unless given)."""
+    split_seed = seed if split_seed is None else split_seed
     return {"schema_version": schema_version, "model": model, "dataset": dataset,
-            "split": {"mode": "simulation", "seed": seed, "file": f"splits/simulation_seed{seed}.json", "test": [],
-                      "subgroups": {}, "test_perturbations_without_cells": []},
-            "seed": seed, "metrics": _results(means or {}, subgroups),
+            "split": {"mode": "simulation", "seed": split_seed, "file": f"splits/simulation_seed{split_seed}.json",
+                      "test": [], "subgroups": {}, "test_perturbations_without_cells": []},
+            "seed": seed, "split_seed": split_seed, "metrics": _results(means or {}, subgroups),
             "baselines": {k: _results(v) for k, v in (baselines or {}).items()},
             "provenance": {"time": time}}
 
@@ -54,6 +55,25 @@ def test_mean_sd_over_three_seeds(tmp_path):
     assert cell["sd"] == pytest.approx(np.std(da, ddof=1))
     assert row(t, "scfate")["cells"]["cos"]["sd"] == pytest.approx(0.0)
     assert f"{np.mean(da):.3f} ± {np.std(da, ddof=1):.3f} (n=3)" in to_markdown(t)
+
+
+def test_three_training_seeds_on_one_split_are_three_runs(tmp_path):
+    """The card's seed{1,2,3} heads share one split: n=3 (one run per training seed), not one seed that disagrees;
+    an eval JSON written before split_seed existed (seed = split seed) still reads as its own run."""
+    da = [0.8, 0.7, 0.9]
+    for s, v in enumerate(da, 1):
+        write(tmp_path / f"seed{s}" / "eval.json", make_eval(seed=s, split_seed=1, means={"da": v},
+                                                            baselines={"additive": {"da": 0.75}}))
+    t = table1([tmp_path], metrics=("da",))
+    assert not t["notes"]
+    cell = row(t, "scfate")["cells"]["da"]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx(0.8) and cell["sd"] == pytest.approx(0.1)
+    assert cell["seeds"] == [1, "split1/seed2", "split1/seed3"]
+    assert row(t, "baseline:additive")["cells"]["da"]["n"] == 3
+    old = make_eval(seed=4, means={"da": 0.6})
+    del old["split_seed"]
+    write(tmp_path / "old" / "eval.json", old)
+    assert row(table1([tmp_path], metrics=("da",)), "scfate")["cells"]["da"]["n"] == 4
 
 
 def test_single_seed_has_no_sd(tmp_path):

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import PROJECT
 
-from scfate.data.errors import DataError
+from scfate.errors import DataError
 from scfate.eval import metrics as M
-from scfate.eval.router_eval import expand_teachers, load_teachers
+from scfate.pipelines.router import load_teachers
+from scfate.pipelines.teachers import expand_teachers
 from scfate.prior import router as R
 
 
@@ -131,7 +132,7 @@ def test_teacher_glob_matching_nothing_is_named(tmp_path):
 
 
 # ---- end to end: two tiny teachers on the built-in drug dataset, then the router eval ----------------------------
-SPLIT = ["dataset=synthetic_drugs", "data.split.seed=1", "data.split.stratify_by=null", "data.split.val_fraction=0.3"]
+SPLIT = ["dataset=synthetic_drugs", "split_seed=1", "data.split.stratify_by=null", "data.split.val_fraction=0.3"]
 TINY = ["trainer.max_epochs=1", "datamodule.steps_per_epoch=3", "datamodule.val_steps=1", "eval_n_cells=20",
         "eval_baselines=[]", "flow.head.n_steps=2"]
 
@@ -144,7 +145,7 @@ def _run(args, cwd=PROJECT):
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    """Two flow heads (seeds 1, 2; prior=none keeps the tiny run fast), same data and split (data.split.seed
+    """Two flow heads (seeds 1, 2; prior=none keeps the tiny run fast), same data and split (split_seed
     pinned, since the split otherwise follows the seed)."""
     root = tmp_path_factory.mktemp("router")
     proc = _run(["train.py", "-m", *SPLIT, "prior=none", "seed=1,2", *TINY,
@@ -162,7 +163,7 @@ def test_router_end_to_end(teachers):
     out = root / "eval_router.json"
     proc = _run(["evaluate.py", "router=default", f"teachers={root}/artifacts/teachers/*/s*", *SPLIT,
                  "router.top_k=2", "router.similarities=[tanimoto_morgan2048,cosine_rdkit_descriptors,cosine_features]",
-                 f"router.smiles={{{bad_drug}: not_a_smiles}}", "n_cells=20", "n_steps=2", f"out={out}",
+                 f"router.smiles={{{bad_drug}: not_a_smiles}}", "eval_n_cells=20", "n_steps=2", f"out={out}",
                  f"paths.data_dir={root / 'data'}", f"hydra.run.dir={root / 'ev'}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ev = json.loads(out.read_text())

@@ -21,7 +21,7 @@ def test_a_backbone_that_trained_on_held_out_perturbations_is_refused_by_name():
     bb = {"atlas_perturbations": ["A", "B", "A+B", "D"], "split": {**SPLIT, "seed": 2}}
     assert backbone_leak(bb, SPLIT) == {"val": [], "test": ["D"]}
     with pytest.raises(DataError, match=r"backbone=x was trained on 1 perturbation\(s\) that this run holds out "
-                                        r"\(test: \['D'\], val: \[\]\).*data.split.seed=2"):
+                                        r"\(test: \['D'\], val: \[\]\).*split_seed=2"):
         check_backbone_split(bb, SPLIT, "backbone=x")
     bb["atlas_perturbations"] = ["A", "C"]
     with pytest.raises(DataError, match=r"val: \['C'\]"):

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scfate.data.errors import DataError
 from scfate.data.synthetic import DEFAULTS, simulate
+from scfate.errors import DataError
 
 SMALL = dict(n_genes=60, n_modules=4, n_perturbed_genes=20, n_background_genes=20, n_combos=10,
              cells_per_condition=10, n_control_cells=30)
