@@ -88,6 +88,33 @@ def test_too_few_training_perturbations_is_not_predictable():
         b.fit(pb)
         with pytest.raises(NotPredictable, match="fewer than 2 training perturbations"):
             b.predict_delta(cond("B", [2.0]))
-    assert sorted(BASELINES) == ["additive", "feature_ridge", "linear", "no_change", "train_mean"]
+    assert sorted(BASELINES) == ["additive", "feature_ridge", "knn", "linear", "no_change", "train_mean"]
     with pytest.raises(ValueError, match="valid"):
         make_baseline("gears")
+
+
+def test_knn_shift_closed_form():
+    from scfate.eval.knn import knn_shift
+
+    Y, mean = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]), np.array([2.0, 2.0])
+    sim = np.array([0.9, 0.3, -0.5])
+    # the 2 nearest, weighted 0.9 and 0.3; half-way to the mean
+    near = (0.9 * Y[0] + 0.3 * Y[1]) / 1.2
+    assert np.allclose(knn_shift(sim, Y, mean, 2, 0.5), 0.5 * near + 0.5 * mean)
+    assert np.allclose(knn_shift(sim, Y, mean, 3, 0.0), near)  # a negative similarity gets no weight
+    assert np.allclose(knn_shift(-np.abs(sim), Y, mean, 1, 0.0), mean)  # no positive similarity: the mean
+
+
+def test_knn_chooses_its_neighbours_where_features_carry_the_shift_and_the_mean_where_not():
+    rng = np.random.default_rng(0)
+    centres, Yc = rng.normal(size=(4, 5)), rng.normal(size=(4, G)) * 3
+    F = np.concatenate([c + 0.05 * rng.normal(size=(6, 5)) for c in centres])  # 4 clusters of 6 perturbations
+    Y = np.concatenate([y + 0.05 * rng.normal(size=(6, G)) for y in Yc])  # ... sharing their cluster's shift
+    knn = make_baseline("knn")
+    knn.fit(Pseudobulk("gene", ["c"], {"c": np.zeros(G)}, {"c": [(cond(f"P{i}", F[i]), Y[i]) for i in range(24)]}))
+    assert knn.chosen["c"]["shrink"] == 0.0 and knn.chosen["c"]["k"] <= 5
+    pred, notes = knn.predict_delta(cond("new", centres[2]))
+    assert np.linalg.norm(pred - Yc[2]) < 0.1 * np.linalg.norm(Yc[2]) and "leave-one-out" in notes[0]
+    noise = [(cond(f"P{i}", rng.normal(size=5)), rng.normal(size=G)) for i in range(24)]  # features carry nothing
+    knn.fit(Pseudobulk("gene", ["c"], {"c": np.zeros(G)}, {"c": noise}))
+    assert knn.chosen["c"]["shrink"] >= 0.75

@@ -36,7 +36,7 @@ def _compose(config_name: str, overrides: list[str], tmp_path) -> object:
 
 
 def test_the_config_tree_is_complete():
-    assert PRIMARY == ["evaluate", "prepare", "reflow", "train"]
+    assert PRIMARY == ["bench", "evaluate", "prepare", "reflow", "train"]
     assert {"synthetic", "norman", "norman_devel", "k562", "rpe1", "sciplex3", "custom"} <= set(DATASETS)
     assert TRAINERS == ["cpu", "ddp", "gpu"] and LOGGERS == ["csv", "wandb"]
     assert (CONF / "paths" / "default.yaml").is_file() and (CONF / "hydra" / "default.yaml").is_file()

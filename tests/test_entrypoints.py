@@ -39,7 +39,8 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
         p.name for p in run_dir.iterdir()}
     ev = json.loads((run_dir / "eval_synthetic_seed1.json").read_text())
     assert ev["model"] == "scfate:synthetic" and ev["split"]["scored"] == "test"
-    assert set(ev["baselines"]) == {"no_change", "train_mean", "additive", "linear", "feature_ridge", "krr_prior"}
+    assert set(ev["baselines"]) == {"no_change", "train_mean", "additive", "linear", "feature_ridge", "knn",
+                                  "krr_prior"}
     assert set(ev["metrics"]["by_subgroup"]) == {"unseen_single", "combo_seen0", "combo_seen1", "combo_seen2"}
     ckpt = torch.load(run_dir / "flow_best.pt", weights_only=True)
     assert ckpt["prior"] == "krr" and ckpt["n_steps"] == 20 and "v_net_state_dict" in ckpt

@@ -72,7 +72,7 @@ def test_no_change_is_the_normalisation_reference(scored):
     assert nc["overall"]["da"]["mean"] == 0.0
     assert nc["overall"]["cos"] == {"mean": None, "sd": None, "n": 0, "n_undefined": 4}
     assert "zero vector" in nc["per_perturbation"]["all/F"]["undefined"]["cos"]
-    assert set(res["baselines"]) == {"no_change", "train_mean", "linear", "feature_ridge"}
+    assert set(res["baselines"]) == {"no_change", "train_mean", "linear", "feature_ridge", "knn"}
 
 
 def test_eval_json_round_trip_and_provenance(scored, tmp_path):
@@ -110,7 +110,7 @@ def test_evaluate_py_on_norman_devel(shared_data, tmp_path):
                 f"paths.shared_data_dir={shared_data}"], tmp_path)
     ev = read_eval_json(tmp_path / "run" / "eval_baseline_additive_norman_devel_split1_seed1.json")
     assert ev["model"] == "baseline:additive" and ev["split"]["mode"] == "simulation" and ev["seed"] == 1
-    assert set(ev["baselines"]) == {"no_change", "train_mean", "linear", "feature_ridge"}
+    assert set(ev["baselines"]) == {"no_change", "train_mean", "linear", "feature_ridge", "knn"}
     assert set(ev["metrics"]["by_subgroup"]) == {"unseen_single", "combo_seen1", "combo_seen2"}
     assert len(ev["metrics"]["per_perturbation"]) == len(ev["split"]["test"]) == 9
     assert ev["metrics"]["overall"]["da"]["n"] == 9 and ev["provenance"]["data_sha256"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from scfate.errors import UsageError
+from scfate.eval.knn import KNN
 from scfate.models.predictor import NotPredictable, Predictor, Pseudobulk
 
 
@@ -123,7 +124,7 @@ class FeatureRidge(Predictor):
         return model.predict(((cond.features - mu) / sd)[None, :])[0] + y_mean, []
 
 
-BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, FeatureRidge)}
+BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, FeatureRidge, KNN)}
 
 
 def make_baseline(name: str) -> Predictor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -22,17 +23,27 @@ def head_behaviour(prior: str) -> dict:
             "coupling": "ot"}
 
 
-def run_flow(cfg: DictConfig, data) -> dict:
-    """The whole flow stage on ``data``, prepared once by the caller (scfate.cli.run_train)."""
+@dataclass
+class TrainedFlow:
+    """What the flow stage produced: the head (CPU, eval mode), its checkpoint, its prior's description."""
+
+    head: object
+    path: Path
+    prior_info: dict
+    perturbations: list[str]
+    contexts: list[str]
+    units: dict[str, int]
+
+
+def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
+    """Backbone (auto / given), prior, flow head on ``data``'s training perturbations (validation perturbations
+    select the prior and the best epoch); export ``run_dir/flow_best.pt`` with its metrics and reproduce.sh."""
     from hydra.utils import instantiate
 
-    from scfate.eval.results import build_eval_json, print_table, write_eval_json
-    from scfate.eval.runner import EvalData, evaluate, score
     from scfate.models.export import load_backbone
     from scfate.models.flow_export import export_flow
-    from scfate.models.predictor import FlowPredictor
     from scfate.pipelines.backbone import resolve_backbone
-    from scfate.pipelines.config import prior_settings, resolved
+    from scfate.pipelines.config import prior_settings
     from scfate.pipelines.training import checkpoint_dir, fit_and_restore
     from scfate.prior.fit import fit_prior, perturbation_features
     from scfate.utils.io import atomic_write_text
@@ -48,7 +59,6 @@ def run_flow(cfg: DictConfig, data) -> dict:
     head = instantiate(cfg.flow.head, **behaviour, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
                        prior_offset=prior_info.pop("offset", None), n_contexts=len(dm.contexts),
                        use_dose=data.spec.perturbation_type == "drug")
-    run_dir = Path(cfg.run_dir)
     head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir),
                                           int(cfg.epochs.flow), datamodule=dm)
     path = export_flow(head, data, run_dir / "flow_best.pt", bb_path, prior_info,
@@ -56,16 +66,37 @@ def run_flow(cfg: DictConfig, data) -> dict:
     atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))
     write_reproduce(run_dir, "train.py", artifacts_dir=cfg.paths.artifacts_dir)
     print(f"flow head exported to {path}")
-    units = data.features.index()
-    model = FlowPredictor(head, dm.perturbations, dm.contexts, units, f"scfate:{cfg.data.name}")
+    return TrainedFlow(head, path, prior_info, list(dm.perturbations), list(dm.contexts), data.features.index())
+
+
+def flow_predictors(trained: TrainedFlow, name: str) -> dict:
+    """The model, and with a KRR prior the model with its flow switched off (the prior alone: its own mean
+    applied to every control cell), as predictors."""
+    from scfate.models.predictor import FlowPredictor
+
+    t = trained
+    out = {"model": FlowPredictor(t.head, t.perturbations, t.contexts, t.units, name)}
+    if t.prior_info["prior"] == "krr":
+        out["flow_off"] = FlowPredictor(t.head, t.perturbations, t.contexts, t.units, "flow_off", prior_only=True)
+    return out
+
+
+def run_flow(cfg: DictConfig, data) -> dict:
+    """The whole flow stage on ``data``, prepared once by the caller (scfate.cli.run_train)."""
+    from scfate.eval.results import build_eval_json, print_table, write_eval_json
+    from scfate.eval.runner import EvalData, evaluate, score
+    from scfate.pipelines.config import resolved
+
+    run_dir = Path(cfg.run_dir)
+    trained = train_flow(cfg, data, run_dir)
+    predictors = flow_predictors(trained, f"scfate:{cfg.data.name}")
     n_cells, seed = int(cfg.eval_n_cells), int(cfg.seed)
-    scores = evaluate(data, model, list(cfg.eval_baselines), n_cells=n_cells, seed=seed)
-    if prior_info["prior"] == "krr":  # the prior alone, reported as a baseline (DESIGN §2.4)
+    scores = evaluate(data, predictors["model"], list(cfg.eval_baselines), n_cells=n_cells, seed=seed)
+    if "flow_off" in predictors:  # the prior alone, reported as a baseline (DESIGN §2.4)
         ed = EvalData(data, n_cells=n_cells, seed=seed)
-        prior_only = FlowPredictor(head, dm.perturbations, dm.contexts, units, "krr_prior", prior_only=True)
-        prior_only.fit(ed.pseudobulk())
-        scores["baselines"]["krr_prior"] = score(ed, prior_only)
-    ev = build_eval_json(model.name, data, scores, resolved(cfg), ckpt=str(path), seed=seed)
+        predictors["flow_off"].fit(ed.pseudobulk())
+        scores["baselines"]["krr_prior"] = score(ed, predictors["flow_off"])
+    ev = build_eval_json(predictors["model"].name, data, scores, resolved(cfg), ckpt=str(trained.path), seed=seed)
     print_table(ev)
     write_eval_json(ev, run_dir / f"eval_{cfg.data.name}_seed{cfg.seed}.json")
     return ev

@@ -1,0 +1,75 @@
+"""k-nearest-neighbour baseline: a test perturbation's shift is the similarity-weighted mean shift of its nearest
+training perturbations in feature space, shrunk toward the mean training shift. ``k`` and the shrinkage are chosen
+by leave-one-perturbation-out cross-validation on the training perturbations of each context (never on
+validation or test ones), so shrinkage 1 (the training mean) wins where the features carry no signal."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from scfate.models.predictor import NotPredictable, Predictor
+
+KS = (1, 2, 3, 5, 10)
+SHRINKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _cosine(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    A = A / np.clip(np.linalg.norm(A, axis=1, keepdims=True), 1e-12, None)
+    B = B / np.clip(np.linalg.norm(B, axis=1, keepdims=True), 1e-12, None)
+    return A @ B.T
+
+
+def knn_shift(sim: np.ndarray, Y: np.ndarray, mean: np.ndarray, k: int, shrink: float) -> np.ndarray:
+    """``(1 - shrink) * sum_i w_i y_i / sum_i w_i + shrink * mean`` over the ``k`` most similar rows of ``Y``
+    (weights: positive similarities; none positive: the mean). ``sim`` [n], ``Y`` [n, G]."""
+    order = np.argsort(-sim, kind="stable")[:k]
+    w = np.clip(sim[order], 0.0, None)
+    near = mean if w.sum() <= 0 else (w[:, None] * Y[order]).sum(0) / w.sum()
+    return (1.0 - shrink) * near + shrink * mean
+
+
+def select_knn(F: np.ndarray, Y: np.ndarray) -> dict:
+    """Leave-one-out choice of (k, shrink) by mean squared error of the left-out perturbation's shift."""
+    n = len(F)
+    sim = _cosine(F, F)
+    errors = {}
+    for k in KS:
+        if k > n - 1:
+            continue
+        for shrink in SHRINKS:
+            err = 0.0
+            for i in range(n):
+                others = np.arange(n) != i
+                mean = Y[others].mean(0)
+                err += float(np.mean((knn_shift(sim[i, others], Y[others], mean, k, shrink) - Y[i]) ** 2))
+            errors[(k, shrink)] = err / n
+    k, shrink = min(errors, key=lambda key: (errors[key], -key[1]))  # ties: more shrinkage
+    return {"k": k, "shrink": shrink, "loo_mse": errors[(k, shrink)],
+            "loo_mse_mean_only": errors.get((min(KS), 1.0))}
+
+
+class KNN(Predictor):
+    name = "knn"
+
+    def fit(self, pb):
+        super().fit(pb)
+        self.models, self.chosen = {}, {}
+        for ctx in pb.contexts:
+            rows = pb.train.get(ctx, [])
+            if len(rows) < 3:
+                continue
+            F = np.stack([c.features for c, _ in rows])
+            Y = np.stack([d for _, d in rows])
+            mu, sd = F.mean(0), F.std(0)
+            sd[sd == 0] = 1.0
+            self.chosen[ctx] = select_knn((F - mu) / sd, Y)
+            self.models[ctx] = ((F - mu) / sd, Y, mu, sd)
+
+    def predict_delta(self, cond):
+        if cond.context not in self.models:
+            raise NotPredictable(f"fewer than 3 training perturbations in context {cond.context!r}")
+        Fs, Y, mu, sd = self.models[cond.context]
+        choice = self.chosen[cond.context]
+        sim = _cosine(((cond.features - mu) / sd)[None, :], Fs)[0]
+        note = f"knn k={choice['k']} shrink={choice['shrink']} (leave-one-out on training perturbations)"
+        return knn_shift(sim, Y, Y.mean(0), choice["k"], choice["shrink"]), [note]
