@@ -106,7 +106,7 @@ def write_inputs(ed, baseline: str, work: Path) -> dict:
     import pandas as pd
 
     from scfate.eval import metrics as M
-    from scfate.eval.baselines import NotPredictable, make_baseline
+    from scfate.prior.baselines import NotPredictable, make_baseline
 
     pred_model = make_baseline(baseline)
     pred_model.fit(ed.pseudobulk())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from scfate.eval.baselines import BASELINES, make_baseline
 from scfate.models.predictor import Condition, NotPredictable, Pseudobulk
+from scfate.prior.baselines import BASELINES, make_baseline
 
 G = 50
 RNG = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def test_too_few_training_perturbations_is_not_predictable():
 
 
 def test_knn_shift_closed_form():
-    from scfate.eval.knn import knn_shift
+    from scfate.prior.knn import knn_shift
 
     Y, mean = np.array([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]), np.array([2.0, 2.0])
     sim = np.array([0.9, 0.3, -0.5])

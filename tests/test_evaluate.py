@@ -14,10 +14,10 @@ from test_prepare import user_embedding
 from scfate.data import DataError, DataSpec
 from scfate.data.prepare import prepare
 from scfate.eval import metrics as M
-from scfate.eval.baselines import make_baseline
 from scfate.eval.predictions import AnnDataPredictions
 from scfate.eval.results import build_eval_json, read_eval_json, write_eval_json
 from scfate.eval.runner import evaluate
+from scfate.prior.baselines import make_baseline
 
 GENES = [f"G{i}" for i in range(30)]
 PERTS = ["A", "B", "C", "D", "E", "F", "A+B", "C+D", "A+C", "B+D", "E+F"]

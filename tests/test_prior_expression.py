@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from test_backbone import dm, make_model  # noqa: F401 - fixtures
 
@@ -162,7 +163,8 @@ def test_lift_residual_makes_the_prior_alone_predict_its_shift_exactly(dm, tmp_p
     backbone = make_model(dm).eval()
     bb_path = export_backbone(backbone, dm.data, tmp_path / "backbones" / "tiny" / "backbone.pt")
     unit_feats, pert_feats = perturbation_features(dm)
-    settings = prior_settings(krr_gamma=0.1, space="expression", lift_cells=8, lift_steps=20, residual_cells=6)
+    settings = prior_settings(krr_gamma=0.1, space="expression", lift_cells=8, lift_steps=20, residual_cells=6,
+                              mean_candidates=[])  # the offset is checked against the member-additive prior
     prior_mu, info = fit_prior(settings, backbone, dm, pert_feats, unit_feats)
     offset = info.pop("offset")
     assert offset.shape == (len(dm.perturbations), len(dm.contexts), dm.n_genes) and info["lift_residual"]
@@ -205,3 +207,59 @@ def test_mean_anchoring_puts_the_cells_mean_on_the_prior_alone(dm):  # noqa: F81
         alone = head.decode_rotated(prior[1].expand(20, -1), backbone.encode(x, ctx).float(), x, ctx)
     assert torch.allclose(cells.mean(0), alone.mean(0), atol=1e-5)
     assert cells.std(0).sum() > alone.std(0).sum() * 0.5  # the flow's spread is kept, not collapsed
+
+
+def test_mean_predictor_falls_back_to_the_baseline_that_wins_leave_one_out():
+    """Combinations that are exactly additive choose an additive candidate; singles whose features carry no signal
+    choose a candidate no better than the mean shift; the choice never sees the rows it is scored on."""
+    from scfate.models.predictor import Condition, Pseudobulk
+    from scfate.prior.mean_select import select_mean, selected_shifts
+
+    rng = np.random.default_rng(0)
+    G, U = 30, 12
+    unit_F = torch.as_tensor(rng.normal(size=(U, 4)), dtype=torch.float32)
+    units = {f"g{i}": i for i in range(U)}
+    common = rng.normal(size=G) * 2  # a shift shared by every single (Systema): features say nothing else
+    single = {f"g{i}": common + 0.3 * rng.normal(size=G) for i in range(U)}
+
+    def cond(p):
+        ms = p.split("+")
+        return Condition("c", p, p, ms, float("nan"), unit_F.numpy()[[units[m] for m in ms]].sum(0))
+
+    pairs = [f"g{a}+g{b}" for a, b in [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (1, 2), (3, 4)]]
+    rows = [(cond(p), single[p]) for p in list(single)[:10]] + [
+        (cond(p), sum(single[m] for m in p.split("+"))) for p in pairs]
+    pb = Pseudobulk("gene", ["c"], {"c": np.zeros(G)}, {"c": rows})
+    choice = select_mean(pb, rows, unit_F, units, "rbf")
+    assert choice["combination"]["chosen"] in ("additive", "prior") and choice["combination"]["n"] == 7
+    assert choice["combination"]["loo_cos"]["additive"] > 0.99
+    assert choice["single"]["chosen"] != "additive" or choice["single"]["loo_cos"]["additive"] == pytest.approx(
+        choice["single"]["loo_cos"]["train_mean"])
+    shifts = selected_shifts(pb, "c", [cond("g10+g11"), cond("g0+g1")], choice, unit_F, units, "rbf",
+                             torch.zeros(2, G))
+    assert torch.allclose(shifts[1], torch.as_tensor(single["g0"] + single["g1"], dtype=torch.float32), atol=1e-4)
+
+
+def test_spread_zero_is_the_flow_switched_off_and_is_chosen_on_validation(dm):  # noqa: F811
+    from scfate.eval.spread import SCALES, select_spread
+    from scfate.lie import circular_mean
+
+    head, backbone, prior = _anchored_head(dm, "prior")
+    x, ctx, p = torch.from_numpy(dm.reader(np.arange(20))), torch.tensor(0), torch.tensor(1)
+    z = backbone.encode(x, ctx).detach()
+    args = (ctx, p, torch.tensor([0]), torch.tensor(0.0))
+    torch.manual_seed(0)
+    full = head.sample_angles(z, *args)
+    head.hparams.spread = 0.5
+    torch.manual_seed(0)
+    half = head.sample_angles(z, *args)
+    assert torch.allclose(circular_mean(half), prior[1], atol=1e-4)
+    assert torch.allclose(head.path.group.wrap(half - prior[1]), 0.5 * head.path.group.wrap(full - prior[1]), atol=1e-4)
+    head.hparams.spread = 0.0
+    assert torch.allclose(head.sample_angles(z, *args), prior[1].expand(20, -1), atol=1e-5)
+    with torch.no_grad():
+        alone = head.decode_rotated(prior[1].expand(20, -1), z.float(), x, ctx)
+    assert torch.allclose(head.sample_cells(x, *args), alone, atol=1e-5)  # the prior alone, cell by cell
+    chosen = select_spread(head, dm, n=16)
+    assert chosen["spread"] in SCALES and head.hparams.spread == chosen["spread"]
+    assert set(chosen["val_energy"]) == {str(s) for s in SCALES}

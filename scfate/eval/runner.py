@@ -13,8 +13,8 @@ import numpy as np
 from scfate.data import schema
 from scfate.data.datamodule import RowReader, condition_groups, mean_rows
 from scfate.eval import metrics as M
-from scfate.eval.baselines import BASELINES, make_baseline
 from scfate.models.predictor import Condition, NotPredictable, Predictor, Pseudobulk
+from scfate.prior.baselines import BASELINES, make_baseline
 
 log = logging.getLogger(__name__)
 

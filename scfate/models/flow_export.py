@@ -18,14 +18,15 @@ from scfate.utils.io import atomic_path, atomic_write_json, sha256_file
 log = logging.getLogger("scfate")
 FORMAT = "scfate.flow_head"
 HPARAMS = ("use_dose", "d_embed", "d_hidden", "n_blocks", "d_context", "dropout", "sigma", "source_std", "n_steps",
-           "sampler", "lr", "weight_decay", "coupling", "target", "decode", "anchor")
+           "sampler", "lr", "weight_decay", "coupling", "target", "decode", "anchor", "spread")
 
 
 def upgrade_checkpoint(ckpt: dict) -> dict:
     """A flow-head checkpoint of an earlier release, in today's layout: a head written before ``decode`` and
-    ``anchor`` were stored decoded directly and did not anchor (not today's behaviour), and must predict as it did
-    when it was trained and scored. Applied once, on reading; a current checkpoint is returned unchanged."""
-    return {"decode": "direct", "anchor": "none", **ckpt}
+    ``anchor`` were stored decoded directly and did not anchor (not today's behaviour), and one written before
+    ``spread`` kept the flow's whole spread; each must predict as it did when it was trained and scored. Applied
+    once, on reading; a current checkpoint is returned unchanged."""
+    return {"decode": "direct", "anchor": "none", "spread": 1.0, **ckpt}
 
 
 def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_info: dict, extra: dict | None = None):

@@ -23,7 +23,7 @@ class FlowHead(pl.LightningModule):
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
                  coupling: str = "ot", target: str = "atlas", decode: str = "residual", anchor: str = "none",
-                 prior_offset: torch.Tensor | None = None):
+                 prior_offset: torch.Tensor | None = None, spread: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu", "prior_offset"])
         self.backbone = backbone.eval().requires_grad_(False)
@@ -96,6 +96,11 @@ class FlowHead(pl.LightningModule):
             # training perturbations the learned residual of an unseen one can be mostly noise
             mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(theta)
             theta = self.path.group.wrap(theta - circular_mean(theta) + mu)
+        if self.hparams.spread != 1.0:
+            # the sampled angles' spread around their circular mean, scaled: chosen on validation perturbations
+            # (scfate.eval.spread); 0 rotates every control cell by the mean angle alone (the flow switched off)
+            centre = circular_mean(theta)
+            theta = self.path.group.wrap(centre + self.hparams.spread * self.path.group.wrap(theta - centre))
         return theta
 
     @torch.no_grad()

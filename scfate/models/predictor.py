@@ -1,6 +1,6 @@
 """What every predictor shares: a test ``Condition`` in, a ``Prediction`` (mean and cells) out.
 
-Baselines (scfate.eval.baselines), the flow head (``FlowPredictor``), the backbone's oracle check, prediction files
+Baselines (scfate.prior.baselines), the flow head (``FlowPredictor``), the backbone's oracle check, prediction files
 and the router's mixtures all implement ``Predictor``; the evaluation runner, the router, ``evaluate.py ckpt=`` and
 ``scfate.load(...).predict`` call them the same way, so a score never depends on which door a model came in by.
 """

@@ -38,11 +38,11 @@ def bench_dir(cfg: DictConfig) -> Path:
 def run_fold(cfg: DictConfig, spec, fold: dict, out: Path) -> list[dict]:
     """Train and score one fold; its per-perturbation rows (cached in ``out/rows.json``)."""
     from scfate.data.prepare import prepare
-    from scfate.eval.baselines import make_baseline
     from scfate.eval.results import build_eval_json, write_eval_json
     from scfate.eval.runner import EvalData, score_many
     from scfate.pipelines.config import resolved
     from scfate.pipelines.flow import flow_predictors, train_flow
+    from scfate.prior.baselines import make_baseline
 
     if (out / "rows.json").is_file():
         return json.loads((out / "rows.json").read_text())

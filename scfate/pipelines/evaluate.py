@@ -22,7 +22,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
         from scfate.pipelines.router import run_router
 
         return run_router(cfg)
-    from scfate.eval.baselines import BASELINES
+    from scfate.prior.baselines import BASELINES
 
     chosen = [k for k in TARGETS if cfg.get(k) is not None]
     if len(chosen) != 1:
@@ -35,9 +35,9 @@ def run_evaluate(cfg: DictConfig) -> dict:
 
 def evaluate_baseline_or_predictions(cfg: DictConfig) -> dict:
     from scfate.data.prepare import prepare
-    from scfate.eval.baselines import BASELINES, make_baseline
     from scfate.eval.runner import evaluate
     from scfate.pipelines.config import instantiate_spec, output_dir, split_seed_of
+    from scfate.prior.baselines import BASELINES, make_baseline
 
     data = prepare(instantiate_spec(cfg, split_seed_of(cfg)), cfg.paths.data_dir)
     if cfg.baseline is not None:

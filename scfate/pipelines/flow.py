@@ -61,6 +61,11 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
                        use_dose=data.spec.perturbation_type == "drug")
     head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir),
                                           int(cfg.epochs.flow), datamodule=dm)
+    if dm.groups["val"]:  # the flow's spread, chosen on validation perturbations (0: the flow switched off)
+        from scfate.eval.spread import select_spread
+
+        prior_info["spread_selection"] = select_spread(head, dm, seed=int(cfg.seed))
+        log.info("flow spread chosen on validation perturbations: %s", prior_info["spread_selection"])
     path = export_flow(head, data, run_dir / "flow_best.pt", bb_path, prior_info,
                        extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
     atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))

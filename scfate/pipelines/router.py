@@ -45,13 +45,13 @@ def _plain(value):
 def run_router(cfg: DictConfig) -> dict:
     from scfate.data.prepare import prepare
     from scfate.data.schema import check_same_genes
-    from scfate.eval.baselines import make_baseline
     from scfate.eval.results import build_eval_json, write_eval_json
     from scfate.eval.routing import print_router_table, route_and_score, router_settings
     from scfate.models.flow_export import load_flow
     from scfate.models.predictor import FlowPredictor
     from scfate.models.split_guard import check_split
     from scfate.pipelines.config import instantiate_spec, output_dir, resolved, split_seed_of
+    from scfate.prior.baselines import make_baseline
     from scfate.utils.io import sha256_file
 
     other = [k for k in ("ckpt", "baseline", "predictions") if cfg.get(k) is not None]

@@ -92,6 +92,9 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
         log.info("expression prior (%s): %s", c, prior.info)
         priors.append(prior)
     deltas = [p.predict(members) for p in priors]
+    mean_choice = {}
+    if settings.mean_candidates and dm.data.spec.perturbation_type == "gene":
+        deltas, mean_choice = _select_means(settings, dm, unit_feats, rows, deltas)
     z, ctxs = control_latents(backbone, dm, n=settings.lift_cells)
     act, decode = backbone.group.act, backbone.decode
     theta, err = lift_shifts(act, decode, deltas, z, ctxs, theta_init, steps=settings.lift_steps, lr=settings.lift_lr)
@@ -109,5 +112,38 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
             "krr_gamma": None, "krr_alpha": None, "prior_selection": [p.info for p in priors],
             "lift_cells": settings.lift_cells, "lift_steps": settings.lift_steps, "lift_lr": settings.lift_lr,
             "lift_mse_median": float(err.median()), "lift_residual": offset is not None,
-            "state": {"contexts": [p.to_state() for p in priors]}, "offset": offset}
+            "state": {"contexts": [p.to_state() for p in priors]}, "offset": offset,
+            "mean_selection": mean_choice}
     return theta, info
+
+
+def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, rows: dict, deltas: list):
+    """Per context and class, the mean predictor chosen by leave-one-out over the non-test perturbations
+    (scfate.prior.mean_select); returns the shifts of every vocabulary perturbation and the choices."""
+    import numpy as np
+
+    from scfate.models.predictor import Condition, Pseudobulk
+    from scfate.prior.mean_select import select_mean, selected_shifts
+
+    data, units = dm.data, dm.data.features.index()
+    raw = np.asarray(data.features.matrix, dtype=np.float64)
+
+    def cond(ctx, p):  # as the evaluation's baselines see a perturbation (scfate.eval.runner.EvalData)
+        ms = data.members(p)
+        return Condition(ctx, p, p, ms, float("nan"), raw[[units[m] for m in ms]].sum(0))
+
+    out, choices = [], {}
+    for c, fallback in zip(dm.contexts, deltas):
+        pooled = len(rows["train"][c]) < 2  # as the expression prior: borrow every context's shifts
+        src = {s: [(cc, p, d) for cc in (dm.contexts if pooled else [c]) for p, d in sorted(rows[s][cc].items())]
+               for s in rows}
+        as_rows = {s: [(cond(c, p), d.double().numpy()) for _, p, d in src[s]] for s in src}
+        pb = Pseudobulk("gene", [c], {c: np.zeros(dm.n_genes)}, {c: as_rows["train"]})  # shifts only: no means
+        choice = select_mean(pb, as_rows["train"] + as_rows["val"], unit_feats, units, settings.kernel,
+                             tuple(settings.mean_candidates))
+        log.info("mean predictor (%s), leave-one-out over %d non-test perturbations: %s", c,
+                 len(as_rows["train"]) + len(as_rows["val"]), choice)
+        out.append(selected_shifts(pb, c, [cond(c, p) for p in dm.perturbations], choice, unit_feats, units,
+                                   settings.kernel, fallback))
+        choices[c] = choice
+    return out, choices

@@ -25,12 +25,21 @@ class PriorSettings:
     lift_lr: float
     lift_residual: bool
     residual_cells: int
+    # expression space: candidates of the mean predictor, one chosen per class of perturbation by leave-one-out
+    # over the non-test perturbations (scfate.prior.mean_select); empty: the member-additive prior alone
+    mean_candidates: tuple[str, ...]
 
     def __post_init__(self):
         if self.name not in PRIORS:
             raise UsageError(f"prior={self.name!r} is not a prior; valid: {list(PRIORS)}.")
         if self.space not in SPACES:
             raise UsageError(f"prior.space={self.space!r}; valid: {list(SPACES)}.")
+        from scfate.prior.mean_select import CANDIDATES
+
+        object.__setattr__(self, "mean_candidates", tuple(self.mean_candidates or ()))
+        unknown = sorted(set(self.mean_candidates) - set(CANDIDATES))
+        if unknown:
+            raise UsageError(f"prior.mean_candidates: unknown {unknown}; valid: {list(CANDIDATES)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from scfate.errors import UsageError
-from scfate.eval.knn import KNN
 from scfate.models.predictor import NotPredictable, Predictor, Pseudobulk
+from scfate.prior.knn import KNN
 
 
 class NoChange(Predictor):
