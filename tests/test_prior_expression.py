@@ -262,4 +262,21 @@ def test_spread_zero_is_the_flow_switched_off_and_is_chosen_on_validation(dm):  
     assert torch.allclose(head.sample_cells(x, *args), alone, atol=1e-5)  # the prior alone, cell by cell
     chosen = select_spread(head, dm, n=16)
     assert chosen["spread"] in SCALES and head.hparams.spread == chosen["spread"]
-    assert set(chosen["val_energy"]) == {str(s) for s in SCALES}
+    assert set(chosen["val_mmd"]) == {str(s) for s in SCALES}
+
+
+def test_cells_take_the_chosen_mean_shift_exactly_on_any_control_cells(dm):  # noqa: F811
+    from scfate.models.predictor import Condition, FlowPredictor
+
+    head, backbone, _ = _anchored_head(dm, "prior")
+    P, C, G = len(dm.perturbations), len(dm.contexts), dm.n_genes
+    head.prior_delta = torch.randn(P, C, G)
+    x, ctx, p = torch.from_numpy(dm.reader(np.arange(25))), torch.tensor(1), torch.tensor(2)
+    cells = head.sample_cells(x, ctx, p, torch.tensor([0]), torch.tensor(0.0))
+    assert torch.allclose(cells.mean(0) - x.mean(0), head.prior_delta[2, 1], atol=1e-5)
+    assert cells.std(0).sum() > 0  # the cells keep their own deviations
+    units = dm.data.features.index()
+    pert = dm.perturbations[2]
+    cond = Condition(dm.contexts[1], pert, pert, dm.data.members(pert), float("nan"), np.zeros(0))
+    off = FlowPredictor(head, dm.perturbations, dm.contexts, units, "off", prior_only=True).predict(cond, x.numpy())
+    assert np.allclose(off.mean - x.numpy().mean(0), head.prior_delta[2, 1].numpy(), atol=1e-5)

@@ -1,21 +1,22 @@
 """Choose the flow's spread on validation perturbations: the scale of the sampled angles around their circular
-mean (``FlowHead.hparams.spread``) whose predicted cells are closest, by energy distance in a PCA space of
-training cells, to the validation perturbations' true cells. Scale 0 is the flow switched off, so the model's
-cells are never chosen worse than its own mean on held-out data."""
+mean (``FlowHead.hparams.spread``) whose predicted cells are closest, by MMD in a PCA space of training cells, to
+the validation perturbations' true cells. MMD, not the energy distance: with squared Euclidean distances the
+energy distance is ``2 |mean_x - mean_y|^2`` in expectation (the variance terms cancel), so it cannot see a
+spread. Scale 0 is the flow switched off, so the cells are never chosen worse than the model's own mean."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from scfate.eval.metrics import energy_distance
+from scfate.eval.metrics import mmd
 
 SCALES = (1.0, 0.5, 0.0)
 
 
 @torch.no_grad()
 def select_spread(head, dm, scales=SCALES, n: int = 128, seed: int = 0) -> dict:
-    """{"spread": best scale, "val_energy": {scale: mean energy distance}} on ``dm``'s validation conditions
+    """{"spread": best scale, "val_mmd": {scale: mean MMD}} on ``dm``'s validation conditions
     (held-out control cells; the test set is never read). Leaves ``head.hparams.spread`` at the best scale."""
     from sklearn.decomposition import PCA
 
@@ -34,8 +35,8 @@ def select_spread(head, dm, scales=SCALES, n: int = 128, seed: int = 0) -> dict:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))  # the same noise per scale
             cells = head.sample_cells(torch.from_numpy(ctrl), enc["context"], enc["perturbation"], enc["members"],
                                       enc["log10_dose"]).double().numpy()
-            dists.append(energy_distance(pca.transform(cells), pca.transform(true)))
+            dists.append(mmd(pca.transform(cells), pca.transform(true)))
         scores[s] = float(np.mean(dists))
     best = min(scores, key=lambda s: (scores[s], -s))
     head.hparams.spread = float(best)
-    return {"spread": float(best), "val_energy": {str(k): v for k, v in scores.items()}}
+    return {"spread": float(best), "val_mmd": {str(k): v for k, v in scores.items()}}

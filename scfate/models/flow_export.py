@@ -41,6 +41,7 @@ def export_flow(head, data, path: str | Path, backbone_path: str | Path, prior_i
         "v_net_state_dict": head.v_net.state_dict(),
         "prior_mu": head.prior_mu.detach().cpu().clone(),
         "prior_offset": head.prior_offset.detach().cpu().clone(),
+        "prior_delta": head.prior_delta.detach().cpu().clone(),
         "prior_state": {k: v for k, v in prior_info.get("state", {}).items()},
         "perturbations": list(data.perturbations), "contexts": list(data.meta["contexts"]),
         "genes": list(data.adata.var_names), "units": list(data.features.units),
@@ -87,8 +88,9 @@ def load_flow(path: str | Path, zero_shot: bool = True):
                     "them as zero-shot", path)
     unit_features = ckpt["v_net_state_dict"]["embed.unit_features"]
     hp = {k: ckpt[k] for k in HPARAMS if k in ckpt}
-    offset = ckpt.get("prior_offset")
+    offset, delta = ckpt.get("prior_offset"), ckpt.get("prior_delta")
     head = FlowHead(backbone, unit_features, ckpt["prior_mu"], ckpt["n_contexts"],
-                    prior_offset=offset if offset is not None and offset.numel() else None, **hp)
+                    prior_offset=offset if offset is not None and offset.numel() else None,
+                    prior_delta=delta if delta is not None and delta.numel() else None, **hp)
     head.v_net.load_state_dict(ckpt["v_net_state_dict"])
     return head.eval(), ckpt

@@ -23,9 +23,10 @@ class FlowHead(pl.LightningModule):
                  d_context: int = 16, dropout: float = 0.0, sigma: float = 0.02, source_std: float = 0.1,
                  n_steps: int = 20, sampler: str = "euler", lr: float = 1e-3, weight_decay: float = 1e-5,
                  coupling: str = "ot", target: str = "atlas", decode: str = "residual", anchor: str = "none",
-                 prior_offset: torch.Tensor | None = None, spread: float = 1.0):
+                 prior_offset: torch.Tensor | None = None, spread: float = 1.0,
+                 prior_delta: torch.Tensor | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu", "prior_offset"])
+        self.save_hyperparameters(ignore=["backbone", "unit_features", "prior_mu", "prior_offset", "prior_delta"])
         self.backbone = backbone.eval().requires_grad_(False)
         k = backbone.hparams.theta_dim
         self.path = TorusPath(k, sigma)
@@ -33,6 +34,9 @@ class FlowHead(pl.LightningModule):
         # [n_perturbations, n_contexts, G]: the expression prior's shift that its lifted angle does not decode to
         # (scfate.prior.lift.lift_residual), added to residual-decoded cells; empty: none
         self.register_buffer("prior_offset", torch.zeros(0) if prior_offset is None else prior_offset.float())
+        # [n_perturbations, n_contexts, G]: the shift the mean predictor chose (scfate.prior.mean_select); a
+        # vocabulary perturbation's predicted cells get exactly this mean shift from their own control cells
+        self.register_buffer("prior_delta", torch.zeros(0) if prior_delta is None else prior_delta.float())
         self.v_net = VelocityNet(k, backbone.group.latent_dim, n_contexts, unit_features, d_embed, d_hidden,
                                  n_blocks, d_context, use_dose, dropout)
         self.history: list[dict] = []  # per-epoch validation metrics, exported as flow_metrics.jsonl
@@ -121,7 +125,17 @@ class FlowHead(pl.LightningModule):
             mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(self.prior_mu)
             prior_cells = self.decode_rotated(mu.expand(len(z_c), -1), z_c, x_ctrl, context, offset)
             cells = cells - cells.mean(0) + prior_cells.mean(0)
-        return cells
+        return self.anchor_to_delta(cells, x_ctrl, perturbation, context)
+
+    def anchor_to_delta(self, cells: torch.Tensor, x_ctrl: torch.Tensor, perturbation: torch.Tensor | None,
+                        context: torch.Tensor) -> torch.Tensor:
+        """Cells whose mean is their control cells' mean plus the stored mean-predictor shift (when one is
+        stored): decoding a rotation changes the mean differently on other control cells than the prior was
+        lifted on, so the cells keep their own deviations and take the chosen mean exactly."""
+        if perturbation is None or not self.prior_delta.numel():
+            return cells
+        delta = self.prior_delta[perturbation, context].to(cells.dtype)
+        return cells - cells.mean(0) + x_ctrl.to(cells.dtype).mean(0) + delta
 
     def offset_of(self, perturbation: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor | None:
         """The stored prior offset of a vocabulary perturbation in a context [G], or None (no offset stored)."""

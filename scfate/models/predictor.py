@@ -95,6 +95,7 @@ class FlowPredictor(Predictor):
             z = self.head.backbone.encode(x, ctx).float()
             out = self.head.decode_rotated(self.head.prior_mu[pert].expand(len(x), -1), z, x, ctx,
                                            self.head.offset_of(pert, ctx))
+            out = self.head.anchor_to_delta(out, x, pert, ctx)
         else:
             out = self.head.sample_cells(x, ctx, torch.tensor(index), members, dose, self.n_steps)
         out = out.double().numpy()

@@ -43,7 +43,8 @@ class ReflowStudent(FlowHead):
 
 
 def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | None = None,
-                         overrides: dict | None = None, prior_offset: torch.Tensor | None = None) -> ReflowStudent:
+                         overrides: dict | None = None, prior_offset: torch.Tensor | None = None,
+                         prior_delta: torch.Tensor | None = None) -> ReflowStudent:
     """A student with the teacher's architecture and weights, ``n_steps=K``, and ``prior_mu`` (default: the
     teacher's). ``overrides``: other hyperparameters (e.g. ``lr``) that differ from the teacher's."""
     hp = dict(teacher.hparams)
@@ -52,9 +53,12 @@ def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | Non
         raise UsageError(f"student overrides {unknown} are not flow-head hyperparameters; valid: {sorted(hp)}")
     hp.update(overrides or {}, n_steps=int(K))
     prior = teacher.prior_mu if prior_mu is None else prior_mu
-    offset = teacher.prior_offset if prior_mu is None else prior_offset  # the offset belongs to its prior
+    # the offset and the mean-predictor shift belong to their prior
+    offset = teacher.prior_offset if prior_mu is None else prior_offset
+    delta = teacher.prior_delta if prior_mu is None else prior_delta
     student = ReflowStudent(teacher.backbone, teacher.v_net.embed.unit_features.detach().clone(),
                             prior.detach().clone(), **hp,
-                            prior_offset=offset.detach().clone() if offset is not None and offset.numel() else None)
+                            prior_offset=offset.detach().clone() if offset is not None and offset.numel() else None,
+                            prior_delta=delta.detach().clone() if delta is not None and delta.numel() else None)
     student.v_net.load_state_dict(teacher.v_net.state_dict())
     return student

@@ -57,11 +57,12 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
     behaviour = head_behaviour(cfg.prior.name)
     prior_mu, prior_info = fit_prior(prior_settings(cfg), backbone, dm, pert_feats, unit_feats, behaviour["decode"])
     head = instantiate(cfg.flow.head, **behaviour, backbone=backbone, unit_features=unit_feats, prior_mu=prior_mu,
-                       prior_offset=prior_info.pop("offset", None), n_contexts=len(dm.contexts),
+                       prior_offset=prior_info.pop("offset", None), prior_delta=prior_info.pop("delta", None),
+                       n_contexts=len(dm.contexts),
                        use_dose=data.spec.perturbation_type == "drug")
     head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir),
                                           int(cfg.epochs.flow), datamodule=dm)
-    if dm.groups["val"]:  # the flow's spread, chosen on validation perturbations (0: the flow switched off)
+    if dm.groups["val"]:  # the flow's spread, chosen on validation perturbations by MMD (0: the flow off)
         from scfate.eval.spread import select_spread
 
         prior_info["spread_selection"] = select_spread(head, dm, seed=int(cfg.seed))

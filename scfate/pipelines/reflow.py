@@ -87,10 +87,11 @@ def run_reflow(cfg: DictConfig) -> dict:
     prior_ckpt = ckpts[src] if src is not None else {"prior": "none", "krr_gamma": None, "krr_alpha": None}
     prior_mu = heads[src].prior_mu if src is not None else torch.zeros_like(heads[0].prior_mu)
     prior_offset = heads[src].prior_offset if src is not None else None
+    prior_delta = heads[src].prior_delta if src is not None else None
     prior_info = prior_of(prior_ckpt)
     overrides = OmegaConf.to_container(cfg.student, resolve=True) if cfg.get("student") else {}
     student = student_from_teacher(heads[0], K, prior_mu, {k: v for k, v in overrides.items() if v is not None},
-                                   prior_offset)
+                                   prior_offset, prior_delta)
     log.info("generating %d couplings from %d teacher(s) at %d steps", cfg.n_couplings, len(heads), cfg.teacher_steps)
     couplings = generate_couplings(student, heads, dm, int(cfg.n_couplings), int(cfg.teacher_steps), probs,
                                    int(cfg.seed), int(cfg.coupling_chunk))

@@ -137,7 +137,7 @@ def check_against_data(refs: list[str], ckpts: list[dict], data) -> None:
 
 def prior_of(ckpt: dict) -> dict:
     """The ``prior_info`` that export_flow expects, rebuilt from a teacher checkpoint (the student keeps its prior)."""
-    tensors = ("prior_mu", "prior_state", "prior_offset")
+    tensors = ("prior_mu", "prior_state", "prior_offset", "prior_delta")
     info = {k: v for k, v in ckpt.items() if k.startswith(PRIOR_PREFIXES) and k not in tensors}
     return {**info, "state": dict(ckpt.get("prior_state", {}))}
 

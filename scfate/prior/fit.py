@@ -113,7 +113,7 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
             "lift_cells": settings.lift_cells, "lift_steps": settings.lift_steps, "lift_lr": settings.lift_lr,
             "lift_mse_median": float(err.median()), "lift_residual": offset is not None,
             "state": {"contexts": [p.to_state() for p in priors]}, "offset": offset,
-            "mean_selection": mean_choice}
+            "delta": torch.stack(deltas, dim=1), "mean_selection": mean_choice}  # delta: [P, C, G]
     return theta, info
 
 
