@@ -21,6 +21,9 @@ from scfate.utils.io import atomic_write_json, atomic_write_text, sha256_json
 
 log = logging.getLogger("scfate")
 MODEL = "scfate"
+# part of the benchmark folder's key: bump it when the pipeline's behaviour changes, so that finished folds of an
+# earlier model are not resumed into a new benchmark
+PIPELINE_VERSION = 3
 
 
 def bench_dir(cfg: DictConfig) -> Path:
@@ -31,7 +34,7 @@ def bench_dir(cfg: DictConfig) -> Path:
     key.update(folds=int(cfg.folds), repeats=int(cfg.repeats), seed=int(cfg.seed), val_fraction=float(cfg.val_fraction),
                epochs=OmegaConf.to_container(cfg.epochs), max_epochs=cfg.trainer.get("max_epochs"),
                data=OmegaConf.to_container(cfg.data, resolve=True), baselines=list(cfg.eval_baselines),
-               n_cells=int(cfg.eval_n_cells))
+               n_cells=int(cfg.eval_n_cells), pipeline=PIPELINE_VERSION)
     return Path(cfg.bench_dir) / sha256_json(key)[:10]
 
 
