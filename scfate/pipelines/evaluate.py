@@ -72,10 +72,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if ckpt["dataset"] != cfg.data.name:
         raise DataError(f"checkpoint trained on {ckpt['dataset']}: run with dataset={ckpt['dataset']} "
                         f"(got dataset={cfg.data.name}; checkpoint {cfg.ckpt}).")
-    split_seed = cfg.split_seed if cfg.get("split_seed") is not None else ckpt["split"].get("seed")
+    split_seed = split_seed_of(cfg, ckpt["split"].get("seed"))
     if cfg.get("split_seed") is None:
         log.info("split_seed=%s: the checkpoint's own split (pass split_seed=N to choose another)", split_seed)
-    data = prepare(instantiate_spec(cfg, split_seed_of(cfg, split_seed)), cfg.paths.data_dir)
+    data = prepare(instantiate_spec(cfg, split_seed), cfg.paths.data_dir)
     check_same_genes(list(ckpt["genes"]), list(data.adata.var_names), f"The prepared {cfg.data.name} data",
                      f"{path} was trained on other genes: prepare the data with the checkpoint's settings.")
     check_split(ckpt["split"], data.split.to_dict(), path)

@@ -82,11 +82,12 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
     members = [[units[m] for m in dm.data.members(p)] for p in dm.perturbations]
     rows = {s: perturbation_deltas(dm, s) for s in ("train", "val")}
     index = {p: i for i, p in enumerate(dm.perturbations)}
-    priors = []
+    priors, sources = [], []
     for c in dm.contexts:
         # a context with too few training perturbations borrows the pooled shifts of all contexts
         src = {s: rows[s][c] if len(rows["train"][c]) >= 2 else
                {p: d for cc in dm.contexts for p, d in rows[s][cc].items()} for s in rows}
+        sources.append(src)
         fit = {s: [(members[index[p]], d) for p, d in sorted(src[s].items())] for s in src}
         prior = AdditivePrior(settings.kernel).fit(unit_feats, fit["train"], fit["val"])
         log.info("expression prior (%s): %s", c, prior.info)
@@ -94,7 +95,7 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
     deltas = [p.predict(members) for p in priors]
     mean_choice = {}
     if settings.mean_candidates and dm.data.spec.perturbation_type == "gene":
-        deltas, mean_choice = _select_means(settings, dm, unit_feats, rows, deltas)
+        deltas, mean_choice = _select_means(settings, dm, unit_feats, sources, deltas)
     z, ctxs = control_latents(backbone, dm, n=settings.lift_cells)
     act, decode = backbone.group.act, backbone.decode
     theta, err = lift_shifts(act, decode, deltas, z, ctxs, theta_init, steps=settings.lift_steps, lr=settings.lift_lr)
@@ -117,9 +118,10 @@ def fit_expression_prior(settings: PriorSettings, backbone, dm, unit_feats: torc
     return theta, info
 
 
-def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, rows: dict, deltas: list):
+def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources: list[dict], deltas: list):
     """Per context and class, the mean predictor chosen by leave-one-out over the non-test perturbations
-    (scfate.prior.mean_select); returns the shifts of every vocabulary perturbation and the choices."""
+    (scfate.prior.mean_select) on the shifts the expression prior was fitted on (``sources``: per context,
+    {"train"|"val": {perturbation: shift}}); returns the shifts of every vocabulary perturbation and the choices."""
     import numpy as np
 
     from scfate.models.predictor import Condition, Pseudobulk
@@ -133,11 +135,8 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, rows: d
         return Condition(ctx, p, p, ms, float("nan"), raw[[units[m] for m in ms]].sum(0))
 
     out, choices = [], {}
-    for c, fallback in zip(dm.contexts, deltas):
-        pooled = len(rows["train"][c]) < 2  # as the expression prior: borrow every context's shifts
-        src = {s: [(cc, p, d) for cc in (dm.contexts if pooled else [c]) for p, d in sorted(rows[s][cc].items())]
-               for s in rows}
-        as_rows = {s: [(cond(c, p), d.double().numpy()) for _, p, d in src[s]] for s in src}
+    for c, src, fallback in zip(dm.contexts, sources, deltas):
+        as_rows = {s: [(cond(c, p), d.double().numpy()) for p, d in sorted(src[s].items())] for s in src}
         pb = Pseudobulk("gene", [c], {c: np.zeros(dm.n_genes)}, {c: as_rows["train"]})  # shifts only: no means
         choice = select_mean(pb, as_rows["train"] + as_rows["val"], unit_feats, units, settings.kernel,
                              tuple(settings.mean_candidates))
