@@ -118,5 +118,5 @@ def test_load_from_a_local_hub_cache_offline(dm, head, tmp_path, monkeypatch):  
     monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hub"))
     model = scfate.load("hf://owner/scfate/flow_heads/tiny/seed1")
     assert model.genes == list(dm.data.adata.var_names)
-    with pytest.raises(DataError, match="offline or unreachable.*huggingface-cli download owner/scfate"):
+    with pytest.raises(DataError, match="offline or unreachable.*hf download owner/scfate"):
         scfate.load("hf://owner/scfate/flow_heads/other/seed1")

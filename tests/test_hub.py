@@ -123,15 +123,15 @@ def test_hf_refs_resolve_from_the_cache_with_their_backbone(hub):
 
 def test_uncached_hf_refs_say_what_to_fetch(hub):
     with pytest.raises(DataError, match=r"flow_heads/norman/seed3/flow_best.pt.*owner/scfate at revision main.*"
-                       r"offline.*`huggingface-cli download owner/scfate --include 'flow_heads/norman/seed3/\*' "
-                       r"'backbones/norman/\*'`"):
+                       r"offline.*`hf download owner/scfate --include 'flow_heads/norman/seed3/\*' "
+                       r"--include 'backbones/norman/\*'`"):
         resolve_checkpoint(f"hf://{REPO}/flow_heads/norman/seed3")
-    with pytest.raises(DataError, match=r"other/repo at revision v9.*--revision v9 --include"):
+    with pytest.raises(DataError, match=r"other/repo at revision v9.*hf download other/repo --revision v9 --include"):
         resolve_checkpoint("hf://other/repo@v9/flow_heads/k562/base")
     # the card's headline run: a scfate.load of it offline says exactly what to download
     import scfate
 
-    with pytest.raises(DataError, match=r"huggingface-cli download owner/scfate --include 'flow_heads/k562/reflow_K2_s1/\*'"):
+    with pytest.raises(DataError, match=r"hf download owner/scfate --include 'flow_heads/k562/reflow_K2_s1/\*'"):
         scfate.load(f"hf://{REPO}/flow_heads/k562/reflow_K2_s1")
 
 

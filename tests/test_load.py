@@ -37,7 +37,7 @@ def test_offline_hub_fetch_says_what_to_download_and_where(tmp_path):
         resolve_data_file(str(dest), REPO, FILE)
     msg = str(err.value)
     assert "offline or unreachable" in msg
-    assert f"huggingface-cli download {REPO} {FILE} --repo-type dataset --local-dir {tmp_path / 'scFATE-datasets'}" in msg
+    assert f"hf download {REPO} {FILE} --repo-type dataset --local-dir {tmp_path / 'scFATE-datasets'}" in msg
 
 
 def test_path_must_match_hub_file(tmp_path):

@@ -10,7 +10,8 @@ HF_DATASETS_REPO = "Angione-Lab/scFATE-datasets"
 
 
 def _download_hint(repo: str, filename: str, dest: Path) -> str:
-    return (f"Download it with\n  huggingface-cli download {repo} {filename} --repo-type dataset "
+    # the `hf` CLI: huggingface_hub >= 1.0 no longer ships `huggingface-cli`
+    return (f"Download it with\n  hf download {repo} {filename} --repo-type dataset "
             f"--local-dir {dest}\nor point data.path at your local copy.")
 
 

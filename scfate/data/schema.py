@@ -94,19 +94,22 @@ def _values_sample(X, max_values: int = 2_000_000) -> np.ndarray:
     return np.asarray(data)
 
 
-def check_values(X) -> None:
-    """NaN/Inf or negative expression values cannot be modelled: fail with what was found and what to do."""
+def check_values(X, what: str = "The expression matrix",
+                 expects: str = "counts or log1p-normalised values") -> None:
+    """NaN/Inf or negative expression values cannot be modelled: fail with what was found and what to do.
+    ``what`` / ``expects`` name the matrix and the scale its reader wants (prepare: counts or log1p)."""
     data = X.data if sp.issparse(X) else np.asarray(X)
     n_bad = int(np.size(data) - np.isfinite(data).sum())
     if n_bad:
-        raise DataError(f"The expression matrix has {n_bad} NaN/Inf values. Remove or impute them (e.g. "
-                        "np.nan_to_num) before loading; scFATE expects counts or log1p-normalised values.")
+        raise DataError(f"{what} has {n_bad} NaN/Inf values. Remove or impute them (e.g. "
+                        f"np.nan_to_num) before loading; scFATE expects {expects}.")
     if np.size(data) and data.min() < 0:
-        raise DataError(f"The expression matrix has negative values (min {data.min():.3g}): it looks scaled or "
-                        "z-scored. Provide raw counts or log1p-normalised values (e.g. adata.raw or a counts layer).")
+        raise DataError(f"{what} has negative values (min {data.min():.3g}): it looks scaled or "
+                        f"z-scored. Provide {expects} (e.g. from adata.raw or a counts layer).")
 
 
-def detect_input_type(X, declared: str = "auto") -> str:
+def detect_input_type(X, declared: str = "auto", what: str = "The expression matrix",
+                      fix: str = "Apply sc.pp.log1p, or set data.input_type=log1p if they already are.") -> str:
     """'counts' when every value is a non-negative integer, 'log1p' for log-normalised values.
 
     Non-integer values with a maximum above 30 are neither (log1p of 1e4-normalised data stays below ~10), so
@@ -116,13 +119,28 @@ def detect_input_type(X, declared: str = "auto") -> str:
         return declared
     values = _values_sample(X)
     if values.size == 0:
-        raise DataError("The expression matrix is empty (no non-zero values).")
+        raise DataError(f"{what} is empty (no non-zero values).")
     if np.all(values == np.round(values)):
         return "counts"
     if values.max() > 30:
-        raise DataError(f"Values are non-integer with max {values.max():.3g}: normalised but apparently not "
-                        "log-transformed. Apply sc.pp.log1p, or set data.input_type=log1p if they already are.")
+        raise DataError(f"{what} has non-integer values with max {values.max():.3g}: normalised but apparently "
+                        f"not log-transformed. {fix}")
     return "log1p"
+
+
+# how prepare puts counts on the scale a trained model reads (normalise_expression below)
+LOG1P_RECIPE = "sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata) on all measured genes"
+
+
+def check_log1p(X, what: str) -> None:
+    """Values a trained model reads (``predict``'s control cells): prepare's log1p scale, no NaN/Inf, no negative
+    values, no raw counts. Detected as prepare detects them, so both doors accept and refuse the same matrices."""
+    check_values(X, what, f"log1p-normalised values ({LOG1P_RECIPE})")
+    kind = detect_input_type(X, "auto", what, f"Normalise them as prepare does: {LOG1P_RECIPE}.")
+    if kind == "counts":
+        raise DataError(f"{what} looks like raw counts (every value is a whole number), but the model reads "
+                        f"log1p-normalised values, as prepare writes them. Normalise them as prepare does: "
+                        f"{LOG1P_RECIPE}.")
 
 
 def normalise_expression(adata, input_type: str) -> str:

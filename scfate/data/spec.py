@@ -15,6 +15,8 @@ from scfate.errors import DataError
 SPLIT_MODES = ("simulation", "unseen_perturbation", "unseen_drug", "file")
 PERTURBATION_TYPES = ("gene", "drug")
 INPUT_TYPES = ("auto", "counts", "log1p")
+# the labels that mark control cells unless a dataset says otherwise (also what predict refuses as a perturbation)
+CONTROL_VALUES = ("control", "ctrl", "non-targeting")
 
 
 def _from_dict(cls, values: dict[str, Any] | None, where: str):
@@ -76,7 +78,7 @@ class DataSpec:
     dose_key: str | None = None
     smiles_key: str | None = None
     batch_key: str | None = None
-    control_values: list[str] = field(default_factory=lambda: ["control", "ctrl", "non-targeting"])
+    control_values: list[str] = field(default_factory=lambda: list(CONTROL_VALUES))
     # shorthand for one extra control label (data.control_value=NTC); appended to control_values
     control_value: str | None = None
     # separator of combination labels ("A+B"); None for drugs, whose names may contain "+" ("(+)-JQ1")

@@ -96,4 +96,6 @@ class Couplings:
 
     @classmethod
     def load(cls, path: str | Path) -> Couplings:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        from scfate.utils.checkpoint import safe_torch_load
+
+        return cls(**safe_torch_load(path, "couplings file", "Generate it again with reflow.py."))

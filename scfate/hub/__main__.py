@@ -39,12 +39,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scfate.errors import DataError
+    from scfate.errors import ScfateError
 
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except DataError as exc:
+    except ScfateError as exc:  # DataError and CheckpointError (an unreadable or unsafe checkpoint) alike
         print(f"scfate error: {exc}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from scfate._version import __version__
+from scfate.errors import CheckpointError
 from scfate.hub import tree
 from scfate.utils.io import atomic_write_json, sha256_file
 
@@ -44,10 +45,13 @@ def _from_path(run: str, pattern: str, cast=str):
 
 
 def describe_run(root: Path, run: str) -> dict:
-    import torch
+    from scfate.utils.checkpoint import safe_torch_load
 
     name = next(n for n in tree.CHECKPOINTS if (root / run / n).is_file())
-    ckpt = torch.load(root / run / name, map_location="cpu", weights_only=True)
+    ckpt = safe_torch_load(root / run / name, fix="Copy the run's checkpoint again before collecting.")
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{root / run / name} is not an scFATE checkpoint (it holds a "
+                              f"{type(ckpt).__name__}, not a dict).")
     config_path = root / run / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     hp = {k: v for k, v in {**ckpt, **config}.items()

@@ -110,4 +110,4 @@ def pull(repo: str, include: list[str] | None = None, revision: str | None = Non
     except (E.LocalEntryNotFoundError, E.HfHubHTTPError, E.HFValidationError, OSError) as exc:
         raise DataError(f"Cannot pull {repo} (revision {revision or 'main'}, include {include or 'everything'}): "
                         f"{type(exc).__name__}: {exc}. Offline, only what is already cached can be pulled; check "
-                        "OWNER/NAME and the patterns, or `huggingface-cli login` for a private repo.") from exc
+                        "OWNER/NAME and the patterns, or `hf auth login` for a private repo.") from exc

@@ -54,8 +54,10 @@ def join_repo_path(folder: str, rel: str) -> str:
 
 
 def _fetch_command(h: HubRef, includes: list[str]) -> str:
+    """The `hf` CLI command (huggingface_hub >= 1.0 no longer ships `huggingface-cli`) that fills the cache. Each
+    pattern needs its own --include: a second bare pattern would be read as a file name and the include dropped."""
     rev = f" --revision {h.revision}" if h.revision else ""
-    return f"huggingface-cli download {h.repo}{rev} --include " + " ".join(f"'{p}'" for p in includes)
+    return f"hf download {h.repo}{rev} " + " ".join(f"--include '{p}'" for p in includes)
 
 
 def _guess_backbone_pattern(sub: str) -> str:
@@ -82,7 +84,7 @@ def _snapshot(h: HubRef, patterns: list[str], revision: str | None, wanted: str,
                         "tag or commit of the repo (hf://OWNER/REPO@REVISION/...).") from exc
     except (E.RepositoryNotFoundError, E.GatedRepoError) as exc:
         raise DataError(f"Cannot get {where}: the repo does not exist or is private/gated ({type(exc).__name__}). "
-                        "Check OWNER/REPO, or log in with `huggingface-cli login`.") from exc
+                        "Check OWNER/REPO, or log in with `hf auth login`.") from exc
     except E.HFValidationError as exc:
         raise DataError(f"Bad Hub reference {str(h)!r}: {exc}") from exc
     except (E.LocalEntryNotFoundError, getattr(E, "IncompleteSnapshotError", E.LocalEntryNotFoundError),
@@ -122,9 +124,9 @@ def _resolve_hf(ref: str, filename: str) -> Path:
 def _read_backbone_path(path: Path) -> str | None:
     if path.suffix != ".pt":
         return None
-    import torch
+    from scfate.utils.checkpoint import safe_torch_load
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = safe_torch_load(path, fix=f"Fetch it again (delete it from the Hub cache, {path}, first).")
     rel = ckpt.get("backbone_path") if isinstance(ckpt, dict) else None
     return str(rel) if rel else None
 

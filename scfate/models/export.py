@@ -10,7 +10,8 @@ import torch
 
 from scfate._version import __version__
 from scfate.data.schema import check_same_genes
-from scfate.errors import DataError
+from scfate.errors import CheckpointError, DataError
+from scfate.utils.checkpoint import safe_torch_load
 from scfate.utils.io import atomic_path, atomic_write_json
 
 FORMAT = "scfate.backbone"
@@ -53,13 +54,15 @@ def export_backbone(model, data, path: str | Path, extra: dict | None = None) ->
 
 
 def read_checkpoint(path: str | Path, fmt: str, what: str, how_to_make: str) -> dict:
-    """``torch.load(..., weights_only=True)`` of an scFATE checkpoint, checking it exists and has format ``fmt``."""
+    """An scFATE checkpoint read safely (scfate.utils.checkpoint), checking it exists and has format ``fmt``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} checkpoint not found: {path}. {how_to_make}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("format") != fmt:
-        raise DataError(f"{path} is not an scFATE {what.lower()} checkpoint (format={ckpt.get('format')!r}).")
+    ckpt = safe_torch_load(path, f"scFATE {what.lower()} checkpoint", how_to_make)
+    found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if found != fmt:
+        raise CheckpointError(f"{path} is not an scFATE {what.lower()} checkpoint (format={found!r}, expected "
+                              f"{fmt!r}). {how_to_make}")
     return ckpt
 
 

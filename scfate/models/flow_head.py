@@ -46,9 +46,14 @@ class FlowHead(pl.LightningModule):
         self.backbone.eval()  # frozen: no dropout / batch statistics changes
         return self
 
-    def _source(self, perturbation: torch.Tensor | None, n: int, theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+    def _source(self, perturbation: torch.Tensor | None, n: int, theta_mu: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         mu = (self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(self.prior_mu)).expand(n, -1)
-        return mu + self.hparams.source_std * torch.randn_like(mu)
+        if generator is None:  # training and evaluation draw from the global RNG their seed_everything set
+            return mu + self.hparams.source_std * torch.randn_like(mu)
+        # a caller's own generator (predict(seed=...)): reproducible cells without touching the global RNG
+        noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=generator.device).to(mu.device)
+        return mu + self.hparams.source_std * noise
 
     def _pairs(self, batch):
         ctx = batch["context"]
@@ -82,14 +87,15 @@ class FlowHead(pl.LightningModule):
     @torch.no_grad()
     def sample_angles(self, z_c: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
                       members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
-                      theta_mu: torch.Tensor | None = None) -> torch.Tensor:
+                      theta_mu: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Integrate the flow from the source for control latents ``z_c`` [B, 2k] -> final angles [B, k].
 
         The source mean is the stored prior of ``perturbation``, or ``theta_mu`` for a perturbation outside the
-        training vocabulary (the API computes it from the prior).
+        training vocabulary (the API computes it from the prior). ``generator``: the source noise's RNG (default
+        the global one).
         """
         e_p = self.v_net.embed(members.reshape(1, -1), log10_dose.reshape(1))
-        theta0 = self._source(perturbation, len(z_c), theta_mu)
+        theta0 = self._source(perturbation, len(z_c), theta_mu, generator)
 
         def v_fn(theta, t):
             return self.v_net(theta, t, e_p, z_c, context).float()
@@ -110,11 +116,12 @@ class FlowHead(pl.LightningModule):
     @torch.no_grad()
     def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
                      members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
-                     theta_mu: torch.Tensor | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
+                     theta_mu: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
         """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G].
         ``theta_mu`` / ``offset``: the prior of a perturbation outside the training vocabulary (the API's)."""
         z_c = self.backbone.encode(x_ctrl, context).float()
-        theta = self.sample_angles(z_c, context, perturbation, members, log10_dose, n_steps, theta_mu)
+        theta = self.sample_angles(z_c, context, perturbation, members, log10_dose, n_steps, theta_mu, generator)
         if offset is None and theta_mu is None:
             offset = self.offset_of(perturbation, context)
         cells = self.decode_rotated(theta, z_c, x_ctrl, context, offset)

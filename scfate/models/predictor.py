@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from scfate.errors import UsageError
+
 
 class NotPredictable(ValueError):
     """This predictor has no prediction for this condition; the message says why (recorded as 'not defined')."""
@@ -70,12 +72,21 @@ class Predictor:
 class FlowPredictor(Predictor):
     """The flow head as a predictor (one predicted cell per control cell), for evaluation, the router, reflow and
     ``scfate.load(...).predict`` alike. A perturbation of the head's vocabulary uses its stored prior; one outside it
-    (an unseen combination in the API) needs ``prior_of_new(members, z_ctrl, ctx) -> (theta_mu, offset)``."""
+    (an unseen combination in the API) needs ``prior_of_new(members, z_ctrl, ctx) -> (theta_mu, offset)``.
+    ``generator``: a CPU ``torch.Generator`` for the flow's source noise (the API's ``seed``); None draws from the
+    global RNG, as evaluation does after its ``seed_everything``."""
 
     def __init__(self, head, perturbations: list[str], contexts: list[str], units: dict[str, int], name: str,
-                 n_steps: int | None = None, prior_only: bool = False, prior_of_new=None):
+                 n_steps: int | None = None, prior_only: bool = False, prior_of_new=None,
+                 generator: torch.Generator | None = None):
+        # 0 would silently mean "the head's default" further down (``n_steps or hparams.n_steps``)
+        if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer))
+                                    or n_steps < 1):
+            raise UsageError(f"n_steps={n_steps!r}: the number of flow integration steps must be an integer >= 1 "
+                             f"(or None for the head's own, {head.hparams.n_steps}).")
         self.head, self.perturbations, self.contexts, self.units = head.eval(), perturbations, contexts, units
-        self.name, self.n_steps, self.prior_only, self.prior_of_new = name, n_steps, prior_only, prior_of_new
+        self.name, self.prior_only, self.prior_of_new, self.generator = name, prior_only, prior_of_new, generator
+        self.n_steps = None if n_steps is None else int(n_steps)
         self._index = {p: i for i, p in enumerate(perturbations)}
 
     @torch.no_grad()
@@ -89,7 +100,8 @@ class FlowPredictor(Predictor):
             if self.prior_of_new is None:
                 raise NotPredictable(f"{cond.perturbation!r} is not in this head's vocabulary")
             theta_mu, offset = self.prior_of_new(cond.members, self.head.backbone.encode(x, ctx).float(), ctx)
-            out = self.head.sample_cells(x, ctx, None, members, dose, self.n_steps, theta_mu=theta_mu, offset=offset)
+            out = self.head.sample_cells(x, ctx, None, members, dose, self.n_steps, theta_mu=theta_mu, offset=offset,
+                                         generator=self.generator)
         elif self.prior_only:  # the KRR prior alone: rotate every control by the predicted mean angle
             pert = torch.tensor(index)
             z = self.head.backbone.encode(x, ctx).float()
@@ -97,7 +109,8 @@ class FlowPredictor(Predictor):
                                            self.head.offset_of(pert, ctx))
             out = self.head.anchor_to_delta(out, x, pert, ctx)
         else:
-            out = self.head.sample_cells(x, ctx, torch.tensor(index), members, dose, self.n_steps)
+            out = self.head.sample_cells(x, ctx, torch.tensor(index), members, dose, self.n_steps,
+                                         generator=self.generator)
         out = out.double().numpy()
         return Prediction(out.mean(0), out)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from scfate.utils.checkpoint import safe_torch_load
 
 log = logging.getLogger("scfate")
 
@@ -43,7 +44,7 @@ def fit_and_restore(cfg: DictConfig, module, callback_cfg: DictConfig, ckpt_dir:
     trainer.fit(module, ckpt_path=cfg.get("ckpt_path"), **fit_kwargs)
     finish_loggers(trainer)
     if checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        state = safe_torch_load(checkpoint.best_model_path, "Lightning checkpoint")["state_dict"]
         module.load_state_dict(state)
         log.info("best checkpoint %s (%s %.4f)", checkpoint.best_model_path, checkpoint.monitor,
                  float(checkpoint.best_model_score or 0))

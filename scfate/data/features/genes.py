@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from scfate.data.features.base import PerturbationFeatures, assemble, need_file
-from scfate.errors import DataError
+from scfate.errors import DataError, ScfateError
 from scfate.utils.io import atomic_path, sha256_file, sha256_json
 
 GO_DEFAULTS = {"n_components": 64, "ontologies": ["BP", "MF", "CC"], "min_genes_per_term": 3, "seed": 0}
@@ -111,7 +111,7 @@ def load_user_embedding(path) -> pd.DataFrame:
         else:
             raise DataError(f"features.user: {p} has an unsupported type; use .csv, .tsv, .npz or .pt.")
     except (ValueError, KeyError, IndexError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
-        if isinstance(exc, DataError):
+        if isinstance(exc, ScfateError):  # already says what is wrong (e.g. an unsafe .pt, scfate.utils.checkpoint)
             raise
         raise DataError(f"features.user: cannot read {p} as symbol -> numeric vector ({exc}).") from exc
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -126,7 +126,9 @@ def load_user_embedding(path) -> pd.DataFrame:
 def _read_torch(p: Path):
     import torch
 
-    obj = torch.load(p, map_location="cpu", weights_only=True)  # weights_only: never unpickle arbitrary code
+    from scfate.utils.checkpoint import safe_torch_load
+
+    obj = safe_torch_load(p, "features.user embedding file")  # never unpickles arbitrary code
     if not isinstance(obj, dict):
         raise DataError(f"features.user: {p} must hold a dict symbol -> 1-D tensor or {{symbols, vectors}}.")
     if set(obj) == {"symbols", "vectors"}:
