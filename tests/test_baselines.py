@@ -88,7 +88,8 @@ def test_too_few_training_perturbations_is_not_predictable():
         b.fit(pb)
         with pytest.raises(NotPredictable, match="fewer than 2 training perturbations"):
             b.predict_delta(cond("B", [2.0]))
-    assert sorted(BASELINES) == ["additive", "feature_ridge", "knn", "linear", "no_change", "train_mean"]
+    assert sorted(BASELINES) == ["additive", "feature_ridge", "knn", "linear", "no_change", "other_contexts",
+                                 "other_contexts_centred", "train_mean"]
     with pytest.raises(ValueError, match="valid"):
         make_baseline("gears")
 

@@ -282,3 +282,20 @@ def test_cells_take_the_chosen_mean_shift_exactly_on_any_control_cells(dm):  # n
     cond = Condition(dm.contexts[1], pert, pert, dm.data.members(pert), float("nan"), np.zeros(0))
     off = FlowPredictor(head, dm.perturbations, dm.contexts, units, "off", prior_only=True).predict(cond, x.numpy())
     assert np.allclose(off.mean - x.numpy().mean(0), head.prior_delta[2, 1].numpy(), atol=1e-5)
+
+
+def test_stack_weights_recover_a_known_mixture_and_the_stack_is_chosen_only_when_it_wins():
+    from scfate.prior.mean_select import STACK, _stack_entry, stack_weights
+
+    rng = np.random.default_rng(1)
+    P = rng.normal(size=(8, 3, 20))  # 8 rows, 3 candidates' out-of-sample predictions
+    y = 0.3 * P[:, 0] + 0.7 * P[:, 2]
+    np.testing.assert_allclose(stack_weights(P, y), [0.3, 0.0, 0.7], atol=1e-10)
+    by_name = {n: list(P[:, k]) for k, n in enumerate("abc")}
+    entry = _stack_entry(by_name, list(y))
+    assert entry["loo_cos"] == pytest.approx(1.0) and entry["weights"]["b"] == pytest.approx(0.0, abs=1e-10)
+    # a candidate undefined on some row stays out of the stack; fewer than 3 rows: no stack at all
+    by_name["b"][0] = None
+    assert set(_stack_entry(by_name, list(y))["weights"]) == {"a", "c"}
+    assert _stack_entry({n: v[:2] for n, v in by_name.items()}, list(y[:2])) is None
+    assert STACK == "stack"

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scfate.data import schema
 from scfate.data.spec import DataSpec
+from scfate.data.splits import UNIT_SEP, has_context_units
 from scfate.errors import DataError, UsageError
 
 
@@ -76,9 +77,12 @@ class ConditionGroup:
 
 
 def condition_groups(obs, perturbations: set[str]) -> list[ConditionGroup]:
-    """All (context, condition) groups whose perturbation is in ``perturbations``, in a fixed order."""
+    """All (context, condition) groups in the split set ``perturbations`` (perturbations, or context units
+    ``CONTEXT::PERTURBATION``: scfate.data.splits), in a fixed order."""
     keys = obs[[schema.CONTEXT, schema.CONDITION, schema.PERT]].astype(str)
     mask = keys[schema.PERT].isin(perturbations).to_numpy()
+    if has_context_units(perturbations):
+        mask |= (keys[schema.CONTEXT] + UNIT_SEP + keys[schema.PERT]).isin(perturbations).to_numpy()
     groups = {}
     for i in np.flatnonzero(mask):
         groups.setdefault(tuple(keys.iloc[i]), []).append(i)

@@ -7,6 +7,10 @@
 - ``unseen_perturbation``: random held-out perturbations.
 - ``unseen_drug``: held-out drugs (all doses, all contexts), optionally stratified by pathway / MoA.
 - ``file``: a user-supplied JSON with train / val / test lists.
+
+A split entry is a perturbation (all its cells, in every context) or a *context unit* ``CONTEXT::PERTURBATION``
+(its cells in that context only): the cross-context benchmark holds out a gene in one cell line while it trains on
+the gene in the others (``scfate.eval.cv.context_fold_split``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,39 @@ from scfate.utils.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
 SIMULATION_SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
+UNIT_SEP = "::"
+
+
+def context_unit(context: str, perturbation: str) -> str:
+    return f"{context}{UNIT_SEP}{perturbation}"
+
+
+def parse_unit(entry: str) -> tuple[str | None, str]:
+    """``(context or None, perturbation)`` of a split entry."""
+    ctx, sep, pert = entry.rpartition(UNIT_SEP)
+    return (ctx, pert) if sep else (None, entry)
+
+
+def unit_perturbation(entry: str) -> str:
+    return parse_unit(entry)[1]
+
+
+def in_units(units: set[str], context: str, perturbation: str) -> bool:
+    """Do the cells of ``perturbation`` in ``context`` belong to the split set ``units``?"""
+    return perturbation in units or context_unit(context, perturbation) in units
+
+
+def has_context_units(entries) -> bool:
+    return any(UNIT_SEP in e for e in entries)
+
+
+def shared_entries(a: set[str], b: set[str]) -> list[str]:
+    """Entries of ``a`` that share cells with ``b``: the same entry, a perturbation and one of its context units,
+    or (both plain) the same perturbation."""
+    plain_b = {unit_perturbation(e) for e in b if UNIT_SEP not in e}
+    pert_of_units_b = {unit_perturbation(e) for e in b if UNIT_SEP in e}
+    return sorted(e for e in a if e in b or unit_perturbation(e) in plain_b
+                  or (UNIT_SEP not in e and e in pert_of_units_b))
 
 
 @dataclass
@@ -133,10 +170,11 @@ def check_split(split: Split, perts: list[str], require_nonempty: list[str] | No
     """No leakage, full coverage, and no empty set or required subgroup; the error says how to fix it."""
     sets = {"train": set(split.train), "val": set(split.val), "test": set(split.test)}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        both = sets[a] & sets[b]
+        both = shared_entries(sets[a], sets[b])
         if both:
-            raise DataError(f"Split puts {sorted(both)[:10]} in both {a} and {b}.")
-    missing = set(perts) - set().union(*sets.values())
+            raise DataError(f"Split puts {both[:10]} in both {a} and {b}.")
+    # a perturbation named by context units only is covered in the contexts those name (cross-context folds)
+    missing = set(perts) - {unit_perturbation(e) for e in set().union(*sets.values())}
     if missing:
         raise DataError(f"Split assigns no set to {len(missing)} perturbation(s), e.g. {sorted(missing)[:10]}.")
     fix = ("Use another split.seed, change the held-out fractions (split.test_gene_fraction, "
@@ -173,7 +211,8 @@ def load_split(path: str | Path, perturbations: list[str] | None = None) -> Spli
                   sorted(raw["test"]), raw.get("subgroups") or {"test": {"test": sorted(raw["test"])}},
                   raw.get("params", {}))
     if perturbations is not None:
-        unknown = sorted(set(split.train + split.val + split.test) - set(perturbations))
+        unknown = sorted(e for e in set(split.train + split.val + split.test)
+                         if unit_perturbation(e) not in set(perturbations))
         if unknown:
             raise DataError(f"Split file {path} names perturbations absent from the data: {unknown[:10]}. "
                             "Labels must be canonical (members sorted, joined by '+').")

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections import Counter
 
 from scfate.data import schema
+from scfate.data.splits import UNIT_SEP
 
 
 def summarise(data) -> dict:
     """Plain-dict summary of a `PreparedData` (JSON-serialisable, also printed by the CLI)."""
     obs = data.adata.obs
-    cells_per_pert = Counter(obs[schema.PERT].astype(str))
+    # cells per split entry: a perturbation (all contexts) or a context unit CONTEXT::PERTURBATION
+    keys = obs[[schema.CONTEXT, schema.PERT]].astype(str)
+    cells_per_pert = Counter(keys[schema.PERT]) + Counter(keys[schema.CONTEXT] + UNIT_SEP + keys[schema.PERT])
     meta, split = data.meta, data.split
     rows = []
     for set_name in ("train", "val", "test"):

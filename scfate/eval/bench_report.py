@@ -24,7 +24,8 @@ def per_perturbation(rows: list[dict], predictor: str, metric: str, subgroup: st
             continue
         v = r["metrics"].get(metric)
         if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            acc.setdefault((r["repeat"], r["perturbation"]), []).append(float(v))
+            # the test unit: a perturbation, or in a cross-context benchmark a (context, perturbation) unit
+            acc.setdefault((r["repeat"], r.get("unit", r["perturbation"])), []).append(float(v))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
@@ -67,6 +68,42 @@ def summarise(rows: list[dict], model: str, predictors: list[str], metrics=METRI
                 block["vs_model"][p][m] = {"diff": mean, "lo": lo, "hi": hi, "n": int(np.isfinite(d).sum())}
         out[g] = block
     return out
+
+
+def interaction_summary(rows: list[dict], predictors: list[str], n_boot: int = 2000, seed: int = 0) -> dict:
+    """``{subgroup: {predictor: {mean, lo, hi, n}}}`` of ``interaction_cos`` (combinations: the cosine of the
+    predicted and true shift beyond ``additive``'s), with a bootstrap CI of the mean; 0 = no better than chance
+    at the non-additive part. Only subgroups and predictors where it is defined."""
+    out: dict[str, dict] = {}
+    for g in ["overall"] + sorted({r["subgroup"] for r in rows}):
+        for p in predictors:
+            v = per_perturbation(rows, p, "interaction_cos", g)
+            if not v:
+                continue
+            keys = sorted(v)
+            reps, units = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
+            m = np.full((len(reps), len(units)), np.nan)
+            for (rep, u), x in v.items():
+                m[reps.index(rep), units.index(u)] = x
+            mean, lo, hi = paired_bootstrap(m, n_boot=n_boot, seed=seed)
+            out.setdefault(g, {})[p] = {"mean": mean, "lo": lo, "hi": hi, "n": len(v)}
+    return out
+
+
+def interaction_markdown(block: dict) -> str:
+    if not block:
+        return ""
+    lines = ["### The non-additive part of combinations", "",
+             "`interaction_cos`: cosine of (predicted - additive) and (true - additive) shifts, mean [95% bootstrap "
+             "CI] (n = combination x repeat); 0 = no better than chance.", "",
+             "| subgroup | " + " | ".join(sorted({p for b in block.values() for p in b})) + " |"]
+    names = sorted({p for b in block.values() for p in b})
+    lines.append("|---" * (len(names) + 1) + "|")
+    for g, b in block.items():
+        cells = [f"{_fmt(b[p]['mean'])} [{_fmt(b[p]['lo'])}, {_fmt(b[p]['hi'])}] (n={b[p]['n']})" if p in b else ""
+                 for p in names]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
 
 
 def _fmt(x, nd=3):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from scfate.data.splits import context_unit, parse_unit
 from scfate.errors import UsageError
 
 SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
+CROSS_CONTEXT = "cross_context"
 
 
 def perturbation_folds(perturbations: list[str], n_folds: int, n_repeats: int, seed: int = 0) -> list[dict]:
@@ -58,6 +60,72 @@ def fold_split(perturbations: list[str], test: list[str], val_fraction: float, s
             "subgroups": {"test": fold_subgroups(test, train, perturbation_type),
                           "val": fold_subgroups(val, train, perturbation_type)},
             "params": {"val_fraction": val_fraction}}
+
+
+def context_folds(pairs: list[tuple[str, str]], n_folds: int, n_repeats: int, seed: int = 0) -> list[dict]:
+    """Cross-context folds over ``pairs`` (context, perturbation): the test units are context units
+    ``CONTEXT::PERTURBATION`` of perturbations present in two or more contexts, each tested exactly once per repeat,
+    and no two contexts of one perturbation in the same fold (so every test unit's perturbation is trained in
+    another context). Pairs of single-context perturbations are never test units (they stay in training)."""
+    by_pert: dict[str, list[str]] = {}
+    for ctx, pert in sorted(set(pairs)):
+        by_pert.setdefault(pert, []).append(ctx)
+    multi = sorted(p for p, cs in by_pert.items() if len(cs) >= 2)
+    widest = max((len(by_pert[p]) for p in multi), default=0)
+    if not multi:
+        raise UsageError("mode=cross_context needs perturbations measured in two or more contexts; this data has "
+                         "none. Use mode=perturbation.")
+    if n_folds < widest:
+        raise UsageError(f"mode=cross_context with folds={n_folds}: a perturbation is in {widest} contexts, and its "
+                         f"units must go to different folds. Use folds>={widest}.")
+    if n_repeats < 1:
+        raise UsageError(f"repeats={n_repeats}: need at least one repeat.")
+    out = []
+    for r in range(n_repeats):
+        rng = np.random.default_rng([seed, r, 1])
+        folds: list[list[str]] = [[] for _ in range(n_folds)]
+        slot = int(rng.integers(n_folds))
+        # consecutive slots (mod folds) for one perturbation's contexts: distinct folds, and sizes within one
+        for i in rng.permutation(len(multi)):
+            for ctx in rng.permutation(by_pert[multi[i]]):
+                folds[slot % n_folds].append(context_unit(str(ctx), multi[i]))
+                slot += 1
+        out += [{"repeat": r, "fold": f, "test": sorted(units)} for f, units in enumerate(folds)]
+    return out
+
+
+def by_context(units: list[str]) -> dict[str, list[str]]:
+    """Subgroups of cross-context units: ``cross_context:CONTEXT`` (the context the unit is held out in)."""
+    out: dict[str, list[str]] = {}
+    for u in sorted(units):
+        out.setdefault(f"{CROSS_CONTEXT}:{parse_unit(u)[0]}", []).append(u)
+    return out
+
+
+def context_fold_split(pairs: list[tuple[str, str]], test: list[str], val_fraction: float, seed: int) -> dict:
+    """A split JSON for one cross-context fold: test context units; validation context units drawn from the rest
+    whose perturbation keeps a training unit in another context (an inner cross-context split); training = every
+    other (context, perturbation) as a context unit."""
+    test_set = set(test)
+    rest = sorted(context_unit(c, p) for c, p in set(pairs) if context_unit(c, p) not in test_set)
+    n_val = max(1, int(round(len(rest) * val_fraction))) if val_fraction > 0 else 0
+    train_of = {}
+    for u in rest:
+        train_of.setdefault(parse_unit(u)[1], set()).add(u)
+    val = []
+    for i in np.random.default_rng(seed).permutation(len(rest)):
+        u = rest[i]
+        pert = parse_unit(u)[1]
+        if len(val) < n_val and len(train_of[pert]) >= 2:
+            val.append(u)
+            train_of[pert].discard(u)
+    if n_val and not val:
+        raise UsageError("mode=cross_context: no validation unit can be drawn (every perturbation would lose its "
+                         "last training context). Use more folds than the data has contexts per perturbation.")
+    train = sorted(u for us in train_of.values() for u in us)
+    return {"mode": "file", "seed": int(seed), "train": train, "val": sorted(val), "test": sorted(test),
+            "subgroups": {"test": by_context(test), "val": by_context(val)},
+            "params": {"val_fraction": val_fraction, "cross_context": True}}
 
 
 def paired_bootstrap(diff: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95

@@ -12,9 +12,10 @@ import numpy as np
 
 from scfate.data import schema
 from scfate.data.datamodule import RowReader, condition_groups, mean_rows
+from scfate.data.splits import context_unit
 from scfate.eval import metrics as M
 from scfate.models.predictor import Condition, NotPredictable, Predictor, Pseudobulk
-from scfate.prior.baselines import BASELINES, make_baseline
+from scfate.prior.baselines import DEFAULT_BASELINES, make_baseline
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ def score(ed: EvalData, predictor: Predictor) -> dict:
     return score_many(ed, {"model": predictor})["model"]
 
 
-def score_many(ed: EvalData, predictors: dict[str, Predictor]) -> dict[str, dict]:
+def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | None = None) -> dict[str, dict]:
     """:func:`score` for several predictors in one pass over ``ed.score_set``: every predictor sees the same control
-    cells and is compared with the same true cells (ensembles can then mix the very samples they are scored on)."""
+    cells and is compared with the same true cells (ensembles can then mix the very samples they are scored on).
+    ``reference`` (a name in ``predictors``, e.g. ``additive``): each combination also gets ``interaction_cos``,
+    the cosine between predicted and true shift beyond the reference's, i.e. whether the non-additive part is right."""
     entries = {n: {} for n in predictors}
     deltas = {n: {} for n in predictors}
     for g in ed.groups[ed.score_set]:
@@ -102,7 +105,8 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor]) -> dict[str, dict
         true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
         for name, predictor in predictors.items():
             entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                     "subgroup": ed.subgroup_of.get(g.perturbation, ed.score_set), "n_true_cells": int(len(g.cells)),
+                     "subgroup": ed.subgroup_of.get(context_unit(g.context, g.perturbation),
+                                                    ed.subgroup_of.get(g.perturbation, ed.score_set)), "n_true_cells": int(len(g.cells)),
                      "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
                      "undefined": {}, "notes": []}
             if len(de_idx) < M.N_DE:
@@ -119,6 +123,8 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor]) -> dict[str, dict
                                                    true_pcs)
             entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
             deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
+    if reference is not None:
+        _add_interaction(ed, entries, deltas, reference)
     out = {}
     for name, es in entries.items():
         _add_discrimination(es, deltas[name])
@@ -130,6 +136,18 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor]) -> dict[str, dict
                      "by_subgroup": {s: M.aggregate([e for e in es.values() if e["subgroup"] == s]) for s in groups},
                      "per_perturbation": es}
     return out
+
+
+def _add_interaction(ed: EvalData, entries: dict, deltas: dict, reference: str) -> None:
+    for name, by_key in deltas.items():
+        for key, (pred, true) in by_key.items():
+            if name == reference or len(ed.conditions[key].members) < 2 or key not in deltas[reference]:
+                continue
+            ref = deltas[reference][key][0]
+            a, b = pred - ref, true - ref
+            na, nb = np.linalg.norm(a), np.linalg.norm(b)
+            if na > 1e-9 * max(1.0, np.linalg.norm(pred)) and nb > 0:
+                entries[name][f"{key[0]}/{key[1]}"]["metrics"]["interaction_cos"] = float(a @ b / (na * nb))
 
 
 def sample_rows(X: np.ndarray, n: int, rng) -> np.ndarray:
@@ -153,18 +171,28 @@ def _add_discrimination(entries: dict, deltas: dict) -> None:
 
 
 def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells: int = 300, seed: int = 0,
-             score_set: str = "test") -> dict:
-    """Score ``model`` and every baseline (except the model itself) on ``data``'s test split (or ``score_set``)."""
+             score_set: str = "test", covered: set[tuple[str, str]] | None = None) -> dict:
+    """Score ``model`` and every baseline (except the model itself) on ``data``'s test split (or ``score_set``).
+
+    ``covered`` (``(context, condition)`` pairs, e.g. those a prediction file has cells for) restricts the scoring
+    to those conditions for the model *and* the baselines, so their means are over the same set; the conditions
+    left out are listed in ``not_covered``."""
     ed = EvalData(data, n_cells=n_cells, seed=seed, score_set=score_set)
+    every = ed.groups[score_set]
+    if covered is not None:
+        ed.groups[score_set] = [g for g in every if (g.context, g.condition) in covered]
     pb = ed.pseudobulk()
-    names = [b for b in (baselines if baselines is not None else list(BASELINES)) if b != model.name]
+    names = [b for b in (baselines if baselines is not None else DEFAULT_BASELINES) if b != model.name]
     model.fit(pb)
     out = {"model": score(ed, model), "baselines": {}}
     for name in names:
         base = make_baseline(name)
         base.fit(pb)
         out["baselines"][name] = score(ed, base)
-    missing = sorted(set(getattr(data.split, score_set)) - {g.perturbation for g in ed.groups[score_set]})
+    missing = sorted(set(getattr(data.split, score_set)) - {g.perturbation for g in every})
     out["test_perturbations_without_cells"] = missing
+    if covered is not None:
+        out["not_covered"] = [{"context": g.context, "condition": g.condition, "perturbation": g.perturbation}
+                              for g in every if (g.context, g.condition) not in covered]
     out["scored"] = score_set
     return out

@@ -134,3 +134,30 @@ class BackboneOracle(Predictor):
         theta = self.model.theta_bar(torch.tensor(self.index[cond.perturbation]))
         x = self.model.transport(torch.as_tensor(ctrl_cells, dtype=torch.float32), ctx, theta).double().numpy()
         return Prediction(x.mean(0), x)
+
+
+class RotationTransfer(BackboneOracle):
+    """The card's rotation idea across contexts: a perturbation held out in one context and trained in others
+    acts there by the rotation it learned elsewhere (its atlas angle), applied to this context's control latents.
+    Zero-shot for that context's cells (the backbone never saw them); scored by the cross-context benchmark."""
+
+    name = "rotation_transfer"
+
+
+class RotationSum(BackboneOracle):
+    """The card's composition rule: a combination acts by ``R(theta_a + theta_b)``, its members' learned angles
+    (atlas entries of training singles) summed in the Lie algebra and decoded from the control latents. The decoder
+    is non-linear, so the predicted shift need not be the sum of the members' shifts: scored against that sum (the
+    ``additive`` baseline) it shows whether the rotation algebra captures the non-additive part."""
+
+    name = "rotation_sum"
+
+    @torch.no_grad()
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        atlas = set(self.model.hparams.atlas_perturbations)
+        if len(cond.members) < 2 or not all(m in atlas for m in cond.members):
+            raise NotPredictable("rotation_sum composes a combination of members trained as singles")
+        ctx = torch.tensor(self.contexts.index(cond.context))
+        theta = sum(self.model.theta_bar(torch.tensor(self.index[m])) for m in cond.members)
+        x = self.model.transport(torch.as_tensor(ctrl_cells, dtype=torch.float32), ctx, theta).double().numpy()
+        return Prediction(x.mean(0), x)

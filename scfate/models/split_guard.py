@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from scfate.data.splits import has_context_units, shared_entries
 from scfate.errors import DataError
 
 log = logging.getLogger("scfate")
@@ -13,14 +14,18 @@ SETS = ("train", "val", "test")
 
 
 def seen_by_backbone(bb_ckpt: dict) -> set[str]:
-    """The perturbations whose cells trained the backbone (its atlas: the training set of its split)."""
-    return set(bb_ckpt["atlas_perturbations"])
+    """The split entries whose cells trained the backbone: the training set of its split (perturbations, or context
+    units when it was trained for a cross-context fold); its atlas (those perturbations) for older checkpoints."""
+    train = (bb_ckpt.get("split") or {}).get("train") or []
+    # the atlas names whole perturbations: a cross-context backbone's atlas holds the perturbations it saw in
+    # *some* context, so there only its split's context units say which cells it saw
+    return set(train) if has_context_units(train) else set(bb_ckpt["atlas_perturbations"])
 
 
 def backbone_leak(bb_ckpt: dict, split: dict) -> dict[str, list[str]]:
-    """{"val": [...], "test": [...]}: the run's held-out perturbations that the backbone was trained on."""
+    """{"val": [...], "test": [...]}: the run's held-out entries whose cells the backbone was trained on."""
     seen = seen_by_backbone(bb_ckpt)
-    return {name: sorted(seen & set(split.get(name) or [])) for name in ("val", "test")}
+    return {name: shared_entries(set(split.get(name) or []), seen) for name in ("val", "test")}
 
 
 def same_split(a: dict, b: dict) -> bool:

@@ -50,7 +50,7 @@ def run_backbone(cfg: DictConfig, data) -> dict:
     ``backbone_config.json`` beside it, score the oracle check, return its JSON."""
     from hydra.utils import instantiate
 
-    from scfate.data.splits import save_split
+    from scfate.data.splits import save_split, unit_perturbation
     from scfate.eval.results import build_eval_json, print_table, write_eval_json
     from scfate.eval.runner import evaluate
     from scfate.models.export import export_backbone
@@ -63,7 +63,7 @@ def run_backbone(cfg: DictConfig, data) -> dict:
                                                      with_counts=cfg.model.likelihood == "nb")
     dm.setup("fit")
     model = instantiate(cfg.model, n_genes=dm.n_genes, n_contexts=len(dm.contexts), perturbations=dm.perturbations,
-                        atlas_perturbations=list(data.split.train), _convert_="all")
+                        atlas_perturbations=sorted({unit_perturbation(e) for e in data.split.train}), _convert_="all")
     out = backbone_dir(cfg, data)
     # a stable folder (not the timestamped run dir) per split, config and seed, so that `ckpt_path=last` resumes
     # this backbone and never another split's or another config's; the epochs are left out of its key, so a

@@ -45,6 +45,37 @@ class Additive(Predictor):
         return total, notes
 
 
+class OtherContexts(Predictor):
+    """Cross-context transfer: the mean shift of the same perturbation in the other contexts it was trained in
+    (a gene held out in one cell line and seen in the others). Not defined for a perturbation no other context
+    trained on, so it is scored only where a benchmark holds out context units (scfate.eval.cv)."""
+
+    name = "other_contexts"
+
+    def predict_delta(self, cond):
+        seen = [d for ctx, rows in sorted(self.pb.train.items()) if ctx != cond.context
+                for c, d in rows if c.perturbation == cond.perturbation]
+        if not seen:
+            raise NotPredictable(f"{cond.perturbation!r} was trained in no context other than {cond.context!r}")
+        return np.mean(seen, axis=0), [f"mean of {len(seen)} other context(s)"]
+
+
+class OtherContextsCentred(Predictor):
+    """Cross-context transfer of the perturbation-specific part only: this context's mean training shift plus the
+    perturbation's shift minus the mean training shift in each other context it was trained in, averaged. Most of
+    a measured shift is systematic and differs between cell lines (Systema, Vinas Torne et al. 2025); this moves
+    only what is specific to the perturbation."""
+
+    name = "other_contexts_centred"
+
+    def predict_delta(self, cond):
+        seen = [d - self.pb.train_delta_mean(ctx) for ctx, rows in sorted(self.pb.train.items())
+                if ctx != cond.context for c, d in rows if c.perturbation == cond.perturbation]
+        if not seen:
+            raise NotPredictable(f"{cond.perturbation!r} was trained in no context other than {cond.context!r}")
+        return self.pb.train_delta_mean(cond.context) + np.mean(seen, axis=0), [f"{len(seen)} other context(s)"]
+
+
 def _rows(pb: Pseudobulk, context: str, which: str = "train"):
     rows = getattr(pb, which).get(context, [])
     return np.stack([c.features for c, _ in rows]) if rows else None, np.stack([d for _, d in rows]) if rows else None
@@ -124,7 +155,11 @@ class FeatureRidge(Predictor):
         return model.predict(((cond.features - mu) / sd)[None, :])[0] + y_mean, []
 
 
-BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, FeatureRidge, KNN)}
+BASELINES = {cls.name: cls for cls in (NoChange, TrainMean, Additive, Linear, FeatureRidge, KNN, OtherContexts,
+                                            OtherContextsCentred)}
+# defined only where a test unit's perturbation is trained in another context (the cross-context benchmark)
+CROSS_CONTEXT_BASELINES = (OtherContexts.name, OtherContextsCentred.name)
+DEFAULT_BASELINES = [n for n in BASELINES if n not in CROSS_CONTEXT_BASELINES]
 
 
 def make_baseline(name: str) -> Predictor:

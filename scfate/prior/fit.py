@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from scfate.data.splits import has_context_units, unit_perturbation
 from scfate.lie import circular_mean, wrap_angle
 from scfate.prior.additive import AdditivePrior
 from scfate.prior.krr import KRRPrior, select_krr, unwrap_around_mean
@@ -26,7 +27,7 @@ def perturbation_features(dm) -> tuple[torch.Tensor, torch.Tensor]:
     data = dm.data
     units = data.features.index()
     F = torch.as_tensor(data.features.matrix, dtype=torch.float32)
-    train_units = sorted({units[m] for p in data.split.train for m in data.members(p)})
+    train_units = sorted({units[m] for e in data.split.train for m in data.members(unit_perturbation(e))})
     mu, sd = F[train_units].mean(0), F[train_units].std(0)
     F = (F - mu) / torch.where(sd > 0, sd, torch.ones_like(sd))
     per = torch.stack([F[[units[m] for m in data.members(p)]].sum(0) for p in dm.perturbations])
@@ -125,7 +126,7 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources
     import numpy as np
 
     from scfate.models.predictor import Condition, Pseudobulk
-    from scfate.prior.mean_select import select_mean, selected_shifts
+    from scfate.prior.mean_select import CROSS_CONTEXT, select_mean, selected_shifts
 
     data, units = dm.data, dm.data.features.index()
     raw = np.asarray(data.features.matrix, dtype=np.float64)
@@ -134,12 +135,17 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources
         ms = data.members(p)
         return Condition(ctx, p, p, ms, float("nan"), raw[[units[m] for m in ms]].sum(0))
 
+    cross = has_context_units(data.split.test)
+    candidates = tuple(settings.mean_candidates) + (CROSS_CONTEXT if cross else ())
+    own_rows = {c: [(cond(c, p), d.double().numpy()) for p, d in sorted(src["train"].items())]
+                for c, src in zip(dm.contexts, sources)}
     out, choices = [], {}
     for c, src, fallback in zip(dm.contexts, sources, deltas):
         as_rows = {s: [(cond(c, p), d.double().numpy()) for p, d in sorted(src[s].items())] for s in src}
-        pb = Pseudobulk("gene", [c], {c: np.zeros(dm.n_genes)}, {c: as_rows["train"]})  # shifts only: no means
+        others = {cc: rows for cc, rows in own_rows.items() if cc != c} if cross else {}
+        pb = Pseudobulk("gene", [c], {c: np.zeros(dm.n_genes)}, {**others, c: as_rows["train"]})  # shifts only
         choice = select_mean(pb, as_rows["train"] + as_rows["val"], unit_feats, units, settings.kernel,
-                             tuple(settings.mean_candidates))
+                             candidates, others=others)
         log.info("mean predictor (%s), leave-one-out over %d non-test perturbations: %s", c,
                  len(as_rows["train"]) + len(as_rows["val"]), choice)
         out.append(selected_shifts(pb, c, [cond(c, p) for p in dm.perturbations], choice, unit_feats, units,
