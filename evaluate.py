@@ -3,14 +3,11 @@
 Scores every test perturbation with every metric, beside every baseline, prints one table and writes one eval JSON.
 """
 
-import hydra
-
 from scfate.cli import run_evaluate
-from scfate.errors import friendly_errors
+from scfate.errors import hydra_entry
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-@friendly_errors
+@hydra_entry(config_path="conf", config_name="evaluate")
 def main(cfg) -> None:
     run_evaluate(cfg)
 

@@ -29,8 +29,11 @@ def run_prepare(cfg: DictConfig):
 def run_train(cfg: DictConfig):
     import pytorch_lightning as pl
 
+    from scfate.pipelines.config import check_outputs_writable
+
     if cfg.stage not in STAGES:
         raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
+    check_outputs_writable(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     data = run_prepare(cfg)
     if cfg.stage == "prepare":
@@ -47,12 +50,16 @@ def run_train(cfg: DictConfig):
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
+    from scfate.pipelines.config import check_outputs_writable
     from scfate.pipelines.evaluate import run_evaluate as run
 
+    check_outputs_writable(cfg)
     return run(cfg)
 
 
 def run_reflow(cfg: DictConfig) -> dict:
+    from scfate.pipelines.config import check_outputs_writable
     from scfate.pipelines.reflow import run_reflow as run
 
+    check_outputs_writable(cfg)
     return run(cfg)

@@ -2,15 +2,12 @@
 
 from pathlib import Path
 
-import hydra
-
-from scfate.errors import friendly_errors
+from scfate.errors import hydra_entry
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
-@friendly_errors
+@hydra_entry(config_path=CONF_DIR, config_name="prepare")
 def main(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate

@@ -106,6 +106,7 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
             raise DataError(f"data.obs_filter {col} in {values} keeps no cells.")
     schema.check_gene_names(adata.var_names)
     schema.normalise_obs(adata, spec)
+    schema.warn_odd_cells(adata)
     input_type = schema.normalise_expression(adata, spec.input_type)
     perts = sorted(p for p in adata.obs[schema.PERT].astype(str).unique() if p != schema.CONTROL)
     if not perts:

@@ -3,12 +3,16 @@ and detection of raw counts versus log-normalised values."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from scfate.data.spec import DataSpec
 from scfate.errors import DataError
+
+log = logging.getLogger(__name__)
 
 CONTROL = "control"
 # canonical columns added to obs; the original columns are kept untouched
@@ -85,6 +89,24 @@ def normalise_obs(adata, spec: DataSpec) -> None:
         obs[DOSE] = np.nan
         cond = pert.astype(str)
     obs[CONDITION] = pd.Categorical(cond)
+
+
+def warn_odd_cells(adata) -> None:
+    """Warn (not fail: both can be deliberate) about duplicate cell names, often the same cells loaded twice, and
+    about perturbations with a single cell in a context, whose "mean" is one cell's noise. Needs normalise_obs."""
+    names = adata.obs_names
+    dup = names[names.duplicated(keep=False)]
+    if len(dup):
+        log.warning("%d cell names (obs_names) occur more than once (%d cells), e.g. %s: the same cells loaded "
+                    "twice? If they are different cells, make the names unique (adata.obs_names_make_unique()).",
+                    dup.nunique(), len(dup), list(dup.unique()[:5]))
+    obs = adata.obs[~adata.obs[IS_CONTROL].to_numpy()]
+    counts = obs.groupby([obs[CONTEXT].astype(str), obs[CONDITION].astype(str)]).size()
+    single = [cond if ctx == "all" else f"{cond} ({ctx})" for (ctx, cond), n in counts.items() if n == 1]
+    if single:
+        log.warning("%d perturbation(s) have a single cell in their context, e.g. %s: their mean effect and "
+                    "distribution metrics rest on one cell; consider dropping them (data.obs_filter) or pooling.",
+                    len(single), single[:5])
 
 
 def _values_sample(X, max_values: int = 2_000_000) -> np.ndarray:

@@ -80,8 +80,13 @@ def print_table(ev: dict, metrics=TABLE_METRICS) -> None:
     from rich.table import Table
 
     rows = {ev["model"]: ev["metrics"], **{f"baseline:{k}": v for k, v in ev["baselines"].items()}}
+    scope = f"{len(ev['metrics']['per_perturbation'])} {ev['split'].get('scored', 'test')} conditions"
+    if "coverage" in ev:  # a partial prediction file: say of how many, so n is never read as the whole test set
+        cov = ev["coverage"]
+        scope = (f"{cov['n_scored_conditions']} of {cov['n_test_conditions']} test conditions "
+                  f"({cov['n_covered_perturbations']} of {cov['n_test_perturbations']} perturbations) covered")
     table = Table(title=f"{ev['dataset']} | split {ev['split']['mode']} seed {ev['split']['seed']} | training seed {ev['seed']} | "
-                        f"{len(ev['metrics']['per_perturbation'])} {ev['split'].get('scored', 'test')} conditions")
+                        f"{scope}")
     for col in ("subgroup", "n", "predictor", *metrics):
         table.add_column(col, justify="left" if col in ("subgroup", "predictor") else "right")
     groups = ["overall"] + sorted(ev["metrics"]["by_subgroup"])

@@ -40,6 +40,43 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.get("output_dir") or ".")
 
 
+def check_outputs_writable(cfg: DictConfig) -> None:
+    """Refuse, before anything is trained, a run whose output folders cannot be written: otherwise a read-only
+    folder is found only when the finished model is exported, hours later. Folders that do not exist yet are
+    judged by the nearest one that does (they are created later, inside it)."""
+    from scfate.errors import UsageError
+
+    folders = [(output_dir(cfg), "hydra.run.dir")]
+    if cfg.get("out"):
+        folders.append((Path(cfg.out).parent, "out"))
+    writes_models = cfg.get("task") == "reflow" or (cfg.get("task") == "train" and cfg.get("stage") != "prepare")
+    if cfg.get("run_dir") and (cfg.get("task") != "train" or cfg.get("stage") == "flow"):
+        folders.append((Path(cfg.run_dir), "run_dir"))
+    if writes_models:  # backbones and Lightning checkpoints
+        folders.append((Path(cfg.paths.artifacts_dir), "paths.artifacts_dir"))
+    for folder, key in folders:
+        problem = _not_writable(folder)
+        if problem:
+            raise UsageError(f"Cannot write this run's outputs to {folder}: {problem}. Give a writable folder "
+                             f"with {key}=PATH (or make this one writable); checked before any training.")
+
+
+def _not_writable(folder: Path) -> str | None:
+    import tempfile
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:  # a real write: permission bits say nothing for root, nor for a read-only mount
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"{existing} is not writable ({exc.strerror or exc})"
+    return None
+
+
 def prior_settings(cfg: DictConfig):
     from hydra.utils import instantiate
 

@@ -50,10 +50,38 @@ def evaluate_baseline_or_predictions(cfg: DictConfig) -> dict:
         model = AnnDataPredictions(cfg.predictions, list(data.adata.var_names), cfg.predictions_condition_key,
                                    cfg.predictions_context_key)
         model_name = model.name
-    scores = evaluate(data, model, list(cfg.eval_baselines), n_cells=int(cfg.eval_n_cells), seed=int(cfg.seed))
+    # a prediction file may cover some test conditions only: the baselines are scored on the same ones
+    covered = model.covered(data.meta["contexts"]) if cfg.predictions else None
+    scores = evaluate(data, model, list(cfg.eval_baselines), n_cells=int(cfg.eval_n_cells), seed=int(cfg.seed),
+                      covered=covered)
+    extra = {"coverage": coverage(cfg.predictions, data, scores)} if cfg.predictions else {}
     name = model_name.split(":")[0] if cfg.predictions else model_name.replace(":", "_")
     default = output_dir(cfg) / f"eval_{name}_{data.spec.name}_split{data.split.seed}_seed{cfg.seed}.json"
-    return _write(cfg, model_name, data, scores, None, int(cfg.seed), default)
+    return _write(cfg, model_name, data, scores, None, int(cfg.seed), default, extra=extra)
+
+
+def coverage(path, data, scores: dict) -> dict:
+    """How much of the test set a prediction file covers; partial coverage is logged (and an empty one refused),
+    because a mean over 3 of 31 perturbations is not comparable with a published one over all 31."""
+    per, left = list(scores["model"]["per_perturbation"].values()), scores["not_covered"]
+    scored = sorted({e["perturbation"] for e in per})
+    test = sorted(set(scored) | {e["perturbation"] for e in left})  # the test perturbations that have cells
+    missing = [p for p in test if p not in set(scored)]
+    cov = {"n_test_perturbations": len(test), "n_covered_perturbations": len(scored),
+           "n_test_conditions": len(per) + len(left), "n_scored_conditions": len(per),
+           "not_covered_perturbations": missing,
+           "not_covered_conditions": [f"{e['context']}/{e['condition']}" for e in left]}
+    if not scored:
+        raise DataError(f"Prediction file {path} covers none of the {len(test)} test perturbations (e.g. "
+                        f"{test[:5]}): its obs condition names must be the canonical test condition names "
+                        f"(the split file {data.split_path} lists them).")
+    shown = missing or cov["not_covered_conditions"]  # perturbations, or (each covered somewhere) the conditions
+    if shown:
+        log.warning("Prediction file %s covers %d of %d test perturbations (%d of %d conditions): the model and "
+                    "every baseline are scored on those %d conditions only; not covered: %s%s", path, len(scored),
+                    len(test), len(per), cov["n_test_conditions"], len(per), shown[:10],
+                    " …" if len(shown) > 10 else "")
+    return cov
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -97,12 +125,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     return ev
 
 
-def _write(cfg, model_name, data, scores, ckpt, seed, default_path, provenance: dict | None = None) -> dict:
+def _write(cfg, model_name, data, scores, ckpt, seed, default_path, provenance: dict | None = None,
+           extra: dict | None = None) -> dict:
     from scfate.eval.results import build_eval_json, print_table, write_eval_json
     from scfate.pipelines.config import resolved
 
     ev = build_eval_json(model_name, data, scores, resolved(cfg), ckpt=ckpt, seed=seed)
     ev["provenance"].update(provenance or {})
+    ev.update(extra or {})
     print_table(ev)
     print(f"eval JSON written to {write_eval_json(ev, cfg.get('out') or default_path)}")
     return ev
