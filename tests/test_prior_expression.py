@@ -299,3 +299,28 @@ def test_stack_weights_recover_a_known_mixture_and_the_stack_is_chosen_only_when
     assert set(_stack_entry(by_name, list(y))["weights"]) == {"a", "c"}
     assert _stack_entry({n: v[:2] for n, v in by_name.items()}, list(y[:2])) is None
     assert STACK == "stack"
+
+
+def test_a_view_candidate_sees_only_its_views_columns():
+    """Shifts that follow the second view's features exactly and ignore the first (noise): kNN on that view
+    alone finds each perturbation's twin; on the first view, or on both, the noise picks wrong neighbours."""
+    from scfate.models.predictor import Condition, Pseudobulk
+    from scfate.prior.mean_select import select_mean, view_candidates
+
+    views = view_candidates([{"name": "noise", "start": 0, "stop": 5}, {"name": "signal", "start": 5, "stop": 7}])
+    assert views == {"knn@noise": slice(0, 5), "knn@signal": slice(5, 7)}
+    assert view_candidates([{"name": "go", "start": 0, "stop": 5}]) == {}
+    rng = np.random.default_rng(3)
+    G, rows = 12, []
+    for i in range(8):  # four twin pairs: same signal features, same shift; noise features unrelated
+        sig = np.array([np.cos(i // 2), np.sin(i // 2)])
+        f = np.concatenate([10 * rng.normal(size=5), sig])
+        rows.append((Condition("c", f"g{i}", f"g{i}", [f"g{i}"], float("nan"), f), np.full(G, float(i // 2)) +
+                     np.arange(G) * (i // 2 - 1.5)))
+    units = {f"g{i}": i for i in range(8)}
+    unit_F = torch.as_tensor(np.stack([f.features for f, _ in rows]), dtype=torch.float32)
+    pb = Pseudobulk("gene", ["c"], {"c": np.zeros(G)}, {"c": rows})
+    choice = select_mean(pb, rows, unit_F, units, "rbf", ("train_mean", "knn", *views), views=views)
+    loo = choice["single"]["loo_cos"]
+    assert loo["knn@signal"] == pytest.approx(1.0) and loo["knn@signal"] > max(loo["knn@noise"], loo["knn"])
+    assert choice["single"]["chosen"] in ("knn@signal", "stack")

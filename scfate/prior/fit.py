@@ -126,7 +126,7 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources
     import numpy as np
 
     from scfate.models.predictor import Condition, Pseudobulk
-    from scfate.prior.mean_select import CROSS_CONTEXT, select_mean, selected_shifts
+    from scfate.prior.mean_select import CROSS_CONTEXT, select_mean, selected_shifts, view_candidates
 
     data, units = dm.data, dm.data.features.index()
     raw = np.asarray(data.features.matrix, dtype=np.float64)
@@ -136,7 +136,9 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources
         return Condition(ctx, p, p, ms, float("nan"), raw[[units[m] for m in ms]].sum(0))
 
     cross = has_context_units(data.split.test)
-    candidates = tuple(settings.mean_candidates) + (CROSS_CONTEXT if cross else ())
+    # with several feature views, kNN on each view alone too, so the stack can weigh the views
+    views = view_candidates(data.features.views) if "knn" in settings.mean_candidates else {}
+    candidates = tuple(settings.mean_candidates) + tuple(views) + (CROSS_CONTEXT if cross else ())
     own_rows = {c: [(cond(c, p), d.double().numpy()) for p, d in sorted(src["train"].items())]
                 for c, src in zip(dm.contexts, sources)}
     out, choices = [], {}
@@ -145,10 +147,10 @@ def _select_means(settings: PriorSettings, dm, unit_feats: torch.Tensor, sources
         others = {cc: rows for cc, rows in own_rows.items() if cc != c} if cross else {}
         pb = Pseudobulk("gene", [c], {c: np.zeros(dm.n_genes)}, {**others, c: as_rows["train"]})  # shifts only
         choice = select_mean(pb, as_rows["train"] + as_rows["val"], unit_feats, units, settings.kernel,
-                             candidates, others=others)
+                             candidates, others=others, views=views)
         log.info("mean predictor (%s), leave-one-out over %d non-test perturbations: %s", c,
                  len(as_rows["train"]) + len(as_rows["val"]), choice)
         out.append(selected_shifts(pb, c, [cond(c, p) for p in dm.perturbations], choice, unit_feats, units,
-                                   settings.kernel, fallback))
+                                   settings.kernel, fallback, views))
         choices[c] = choice
     return out, choices

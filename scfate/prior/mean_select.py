@@ -4,9 +4,13 @@ cosine over the fold's non-test perturbations (training and validation; test one
 are the member-additive expression prior (``prior``) and the baselines ``train_mean``, ``additive``,
 ``feature_ridge``, ``knn``, so where the features carry no signal the choice falls back to a baseline; and their
 stack (non-negative weights fitted on the candidates' leave-one-out predictions, scored by a leave-one-out of its
-own), chosen only where its own leave-one-out cosine beats every single candidate's."""
+own), chosen only where its own leave-one-out cosine beats every single candidate's. ``knn@VIEW`` candidates
+restrict the neighbours to one feature view (GO, PROGENy, expression loadings, a user embedding), so the stack
+weighs the views by how well each predicts held-out perturbations."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -46,8 +50,38 @@ class _Prior:
         return self.model.predict([[self.units[m] for m in cond.members]])[0].double().numpy(), []
 
 
-def _candidate(name: str, unit_F, units, kernel):
-    return _Prior(unit_F, units, kernel) if name == "prior" else make_baseline(name)
+class _OnView:
+    """A baseline that sees only the columns ``cols`` of the perturbation features (one feature view)."""
+
+    def __init__(self, base: str, cols: slice):
+        self.base, self.cols = make_baseline(base), cols
+
+    def _view(self, cond: Condition) -> Condition:
+        return replace(cond, features=cond.features[self.cols])
+
+    def fit(self, pb: Pseudobulk):
+        rows = {ctx: [(self._view(c), d) for c, d in rs] for ctx, rs in pb.train.items()}
+        self.base.fit(replace(pb, train=rows, val={ctx: [(self._view(c), d) for c, d in rs]
+                                                   for ctx, rs in pb.val.items()}))
+
+    def predict_delta(self, cond: Condition):
+        return self.base.predict_delta(self._view(cond))
+
+
+def view_candidates(views: list[dict]) -> dict[str, slice]:
+    """``{"knn@go": slice(...), ...}`` for the feature views of a ``PerturbationFeatures`` (``views`` entries
+    ``{"name", "start", "stop"}``); none for a single view (it is the whole matrix: plain ``knn``)."""
+    if len(views) < 2:
+        return {}
+    return {f"knn@{v['name']}": slice(int(v["start"]), int(v["stop"])) for v in views if v["stop"] > v["start"]}
+
+
+def _candidate(name: str, unit_F, units, kernel, views: dict[str, slice] | None = None):
+    if name == "prior":
+        return _Prior(unit_F, units, kernel)
+    if "@" in name:
+        return _OnView(name.split("@")[0], (views or {})[name])
+    return make_baseline(name)
 
 
 def _predict(model, cond) -> np.ndarray | None:
@@ -62,7 +96,8 @@ STACK = "stack"
 
 def select_mean(pb: Pseudobulk, rows: list[tuple[Condition, np.ndarray]], unit_F: torch.Tensor,
                 units: dict[str, int], kernel: str, candidates=CANDIDATES,
-                others: dict[str, list[tuple[Condition, np.ndarray]]] | None = None) -> dict:
+                others: dict[str, list[tuple[Condition, np.ndarray]]] | None = None,
+                views: dict[str, slice] | None = None) -> dict:
     """Leave-one-out over ``rows`` (one context's non-test perturbations: (condition, shift)): per class, the mean
     cosine of every candidate, of their stack (:func:`stack_weights`), and the chosen one. ``pb`` carries the type,
     contexts and control means. ``others``: the other contexts' training rows, given where the test units are
@@ -76,7 +111,7 @@ def select_mean(pb: Pseudobulk, rows: list[tuple[Condition, np.ndarray]], unit_F
         cls = perturbation_class(cond, pb.perturbation_type)
         targets.setdefault(cls, []).append(delta)
         for name in candidates:
-            model = _candidate(name, unit_F, units, kernel)
+            model = _candidate(name, unit_F, units, kernel, views)
             model.fit(inner)
             preds.setdefault(cls, {}).setdefault(name, []).append(_predict(model, cond))
     out = {}
@@ -118,7 +153,7 @@ def _stack_entry(by_name: dict[str, list], y: list[np.ndarray]) -> dict | None:
 
 
 def selected_shifts(pb: Pseudobulk, context: str, conditions: list[Condition], choice: dict, unit_F, units,
-                    kernel: str, fallback: torch.Tensor) -> torch.Tensor:
+                    kernel: str, fallback: torch.Tensor, views: dict[str, slice] | None = None) -> torch.Tensor:
     """Shifts ``[P, G]`` of ``conditions`` (one per vocabulary perturbation) in ``context``: each from its class's
     chosen candidate (or weighted stack of candidates) fitted on ``pb``'s training rows; a class without a choice
     (or a candidate that cannot predict it) keeps ``fallback`` (the expression prior's own shift)."""
@@ -126,7 +161,7 @@ def selected_shifts(pb: Pseudobulk, context: str, conditions: list[Condition], c
 
     def predict(name, cond):
         if name not in fitted:
-            fitted[name] = _candidate(name, unit_F, units, kernel)
+            fitted[name] = _candidate(name, unit_F, units, kernel, views)
             fitted[name].fit(pb)
         return _predict(fitted[name], cond)
 
