@@ -84,7 +84,11 @@ def test_tiny_benchmark_end_to_end(tiny_bench):
     assert {"bench.json", "bench.md"} <= {p.name for p in root.iterdir()}
     assert {p.name for p in (root / "plots").iterdir()} >= {"scatter_cos.png", "scatter_cos.pdf",
                                                             "paired_differences.png"}
-    assert res["predictors"] == ["scfate", "flow_off", "train_mean", "additive", "knn"]
+    assert res["predictors"] == ["scfate", "flow_off", "train_mean", "additive", "knn", "rotation_sum"]
+    # the non-additive part of combinations, beyond additive's: defined for the predictors that predict one
+    inter = res["interaction"]["overall"]
+    assert "additive" not in inter and inter["rotation_sum"]["n"] > 0
+    assert -1 <= inter["rotation_sum"]["lo"] <= inter["rotation_sum"]["mean"] <= inter["rotation_sum"]["hi"] <= 1
     tested = sorted(p for f in res["folds_detail"] for p in f["test"])
     assert tested == sorted({r["perturbation"] for r in res["rows"] if r["predictor"] == "scfate"})
     overall = res["summary"]["overall"]
