@@ -324,3 +324,20 @@ def test_a_view_candidate_sees_only_its_views_columns():
     loo = choice["single"]["loo_cos"]
     assert loo["knn@signal"] == pytest.approx(1.0) and loo["knn@signal"] > max(loo["knn@noise"], loo["knn"])
     assert choice["single"]["chosen"] in ("knn@signal", "stack")
+
+
+def test_a_stack_that_only_rescales_one_candidate_does_not_win_the_tie():
+    from scfate.models.predictor import Condition, Pseudobulk
+    from scfate.prior.mean_select import select_mean
+
+    rng = np.random.default_rng(4)  # a seed where the stack's cosine comes out 2e-16 above train_mean's
+    common = rng.normal(size=10)
+    rows = [(Condition("c", f"g{i}", f"g{i}", [f"g{i}"], float("nan"), rng.normal(size=3)),
+             0.5 * common + 0.05 * rng.normal(size=10)) for i in range(6)]
+    units = {f"g{i}": i for i in range(6)}
+    unit_F = torch.as_tensor(np.stack([c.features for c, _ in rows]), dtype=torch.float32)
+    choice = select_mean(Pseudobulk("gene", ["c"], {"c": np.zeros(10)}, {"c": rows}), rows, unit_F, units, "rbf",
+                         ("train_mean", "additive"))
+    # additive = train_mean for singles; the stack is a rescaled train_mean: all three tie, the first wins
+    loo = choice["single"]["loo_cos"]
+    assert loo["stack"] == pytest.approx(loo["train_mean"], abs=1e-12) and choice["single"]["chosen"] == "train_mean"

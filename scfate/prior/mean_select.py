@@ -123,7 +123,9 @@ def select_mean(pb: Pseudobulk, rows: list[tuple[Condition, np.ndarray]], unit_F
         stack = _stack_entry(by_name, y)
         if stack is not None:
             means[STACK], order = stack["loo_cos"], order + [STACK]  # ties go to a single candidate
-        out[cls] = {"chosen": max(means, key=lambda n: (means[n], -order.index(n))), "loo_cos": means, "n": len(y)}
+        # equal up to rounding (a stack of one candidate, rescaled, has that candidate's cosine): the earlier wins
+        out[cls] = {"chosen": max(means, key=lambda n: (round(means[n], 9), -order.index(n))), "loo_cos": means,
+                    "n": len(y)}
         if stack is not None:
             out[cls]["stack_weights"] = stack["weights"]
     return out
