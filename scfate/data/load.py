@@ -89,3 +89,25 @@ def read_h5ad(path: str | Path, backed: bool = False):
     except Exception as exc:  # h5py/anndata raise many types for truncated or non-h5ad files
         raise DataError(f"Cannot read {path} as an .h5ad file ({type(exc).__name__}: {exc}). Is it a complete "
                         "AnnData file? Re-download it or re-export it with adata.write_h5ad().") from exc
+
+
+def h5ad_in_memory_bytes(path: str | Path) -> int:
+    """Bytes the arrays of an h5ad take once read into memory, from the file's metadata (nothing is read): the sum
+    over its datasets of elements x item size. Compression makes the file smaller than this, never larger."""
+    import h5py
+
+    total = 0
+
+    def add(_name, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            # strings (names, categories) become Python objects: ~64 bytes each is closer than their stored width
+            total += obj.size * (obj.dtype.itemsize if obj.dtype.kind in "biufc" else 64)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(add)
+    except OSError as exc:
+        raise DataError(f"Cannot read {path} as an .h5ad file ({type(exc).__name__}: {exc}). Is it a complete "
+                        "AnnData file? Re-download it or re-export it with adata.write_h5ad().") from exc
+    return total

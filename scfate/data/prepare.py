@@ -3,8 +3,12 @@
 Cache layout under ``<data_dir>/prepared/<name>-<key>/`` where ``key`` hashes the input file's sha256 and every
 preparation setting, so changing either prepares afresh and never reuses a stale result:
 ``prepared.h5ad`` (selected genes, log1p float32 CSR, canonical obs columns), ``de.json``, ``features.npz``,
-``meta.json`` (written last: its presence marks a complete cache), and ``splits/<mode>_seed<N>_<settings hash>.json``.
+``meta.json`` (written last: its presence marks a complete cache), and ``splits/<split tag>.json``.
 Every file is written atomically, so concurrent multirun jobs preparing the same dataset are safe.
+
+The raw file is read in row chunks (scfate.data.chunked): from memory when it fits, from disk (opened read-only)
+with ``data.backed=true``, above ``chunked.CHUNKED_ABOVE`` cells x genes, or when memory would not hold it. Both ways
+run the same code and give the same prepared data, so ``backed`` is not part of the cache key.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from scfate._version import __version__
-from scfate.data import preprocess, schema
+from scfate.data import chunked, preprocess, schema, stats
 from scfate.data.features import PerturbationFeatures, build_drug_features, build_gene_features
 from scfate.data.load import read_h5ad, resolve_data_file
 from scfate.data.spec import DataSpec
@@ -26,7 +30,8 @@ from scfate.errors import DataError
 from scfate.utils.io import atomic_path, atomic_write_json, sha256_file_cached, sha256_json
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches
+PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches (still 1: the chunked preparation gives
+# the same X, genes and DE lists as the scanpy pipeline it replaced; tests/test_out_of_core.py checks it)
 
 
 @dataclass
@@ -96,39 +101,57 @@ def _featurise(adata, spec: DataSpec, perts: list[str], cache_dir: Path) -> Pert
 
 
 def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> None:
-    adata = read_h5ad(raw_path)
-    for col, values in spec.obs_filter.items():
-        if col not in adata.obs.columns:
-            raise DataError(f"data.obs_filter names obs column {col!r}, which is missing. Available: "
-                            f"{list(adata.obs.columns)}.")
-        adata = adata[adata.obs[col].astype(str).isin([str(v) for v in values])].copy()
-        if adata.n_obs == 0:
-            raise DataError(f"data.obs_filter {col} in {values} keeps no cells.")
-    schema.check_gene_names(adata.var_names)
-    schema.normalise_obs(adata, spec)
-    schema.warn_odd_cells(adata)
-    input_type = schema.normalise_expression(adata, spec.input_type)
-    perts = sorted(p for p in adata.obs[schema.PERT].astype(str).unique() if p != schema.CONTROL)
-    if not perts:
-        raise DataError("The dataset has control cells only: no perturbed cells to learn from.")
+    import anndata as ad
 
-    gene_members = sorted({m for p in perts for m in schema.members(p, "gene")}) if spec.perturbation_type == "gene" else []
-    measured = preprocess.match_measured(gene_members, adata.var_names)
-    genes = preprocess.select_genes(adata, spec.n_hvg, list(measured.values()), spec.batch_key)
-    adata = adata[:, genes].copy()
-    features = _featurise(adata, spec, perts, cache_dir)
-    de = preprocess.differential_expression(adata, spec.n_de_genes)
+    reason = chunked.plan(raw_path, spec.backed)
+    if reason:
+        log.info("Preparing %s in chunks read from disk (%s)", raw_path, reason)
+    with chunked.open_raw(raw_path, backed=reason is not None) as raw:
+        lite = ad.AnnData(obs=raw.obs, var=raw.var)  # obs and var only: the matrix stays in `raw`
+        rows = np.arange(lite.n_obs)
+        for col, values in spec.obs_filter.items():
+            if col not in lite.obs.columns:
+                raise DataError(f"data.obs_filter names obs column {col!r}, which is missing. Available: "
+                                f"{list(lite.obs.columns)}.")
+            keep = lite.obs[col].astype(str).isin([str(v) for v in values]).to_numpy()
+            lite, rows = lite[keep].copy(), rows[keep]
+            if lite.n_obs == 0:
+                raise DataError(f"data.obs_filter {col} in {values} keeps no cells.")
+        schema.check_gene_names(lite.var_names)
+        schema.normalise_obs(lite, spec)
+        schema.warn_odd_cells(lite)
+        input_type = chunked.input_type(raw.X, rows, spec.input_type)
+        obs = lite.obs
+        perts = sorted(p for p in obs[schema.PERT].astype(str).unique() if p != schema.CONTROL)
+        if not perts:
+            raise DataError("The dataset has control cells only: no perturbed cells to learn from.")
+        preprocess.require_controls(obs)  # before the passes over the data, not after them
+
+        gene_members = sorted({m for p in perts for m in schema.members(p, "gene")}) if spec.perturbation_type == "gene" else []
+        measured = preprocess.match_measured(gene_members, lite.var_names)
+        base = raw.log1p_base if input_type == "log1p" else None  # counts are logged here, in base e
+        genes = preprocess.choose_genes(raw.X, rows, input_type, obs, lite.var_names, spec.n_hvg,
+                                        list(measured.values()), spec.batch_key, base)
+        var = lite.var.iloc[genes]
+        keys, groups = preprocess.condition_codes(obs)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # written under a temporary name and renamed when complete: an interrupted run leaves no prepared file
+        with atomic_path(cache_dir / "prepared.h5ad") as tmp:
+            moments = chunked.write_prepared(tmp, raw.X, rows, input_type, genes, obs, var, groups, len(keys),
+                                             counts=raw.counts)
+            prepared = read_h5ad(tmp, backed=True)
+            try:
+                features = _featurise(prepared, spec, perts, cache_dir)
+            finally:
+                prepared.file.close()
+    de = stats.de_from_moments(moments, keys, var.index, schema.CONTROL, spec.n_de_genes)
 
     meta = {"prep_version": PREP_VERSION, "scfate_version": __version__, "dataset": spec.name,
             "source": str(raw_path), "data_sha256": data_sha, "input_type": input_type,
-            "n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars),
-            "n_control_cells": int(adata.obs[schema.IS_CONTROL].sum()),
-            "contexts": sorted(adata.obs[schema.CONTEXT].astype(str).unique()),
+            "n_cells": int(len(obs)), "n_genes": int(len(var)),
+            "n_control_cells": int(obs[schema.IS_CONTROL].sum()),
+            "contexts": sorted(obs[schema.CONTEXT].astype(str).unique()),
             "perturbations": perts, "measured_perturbed_genes": measured, "spec": spec.to_dict()}
-    adata.uns.clear()  # scanpy leftovers (hvg, log1p, rank_genes_groups) are recomputable and bloat the file
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache_dir / "prepared.h5ad") as tmp:
-        adata.write_h5ad(tmp)
     atomic_write_json(cache_dir / "de.json", de)
     features.save(cache_dir / "features.npz")
     atomic_write_json(cache_dir / "meta.json", meta)  # last: marks the cache complete
@@ -158,6 +181,8 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
         log.info("Preparing %s from %s into %s", spec.name, raw_path, cache_dir)
         _build(raw_path, spec, cache_dir, data_sha)
     meta = json.loads((cache_dir / "meta.json").read_text())
+    if not spec.backed and (too_large := chunked.too_large_for_memory(cache_dir / "prepared.h5ad")):
+        raise DataError(too_large)
     adata = read_h5ad(cache_dir / "prepared.h5ad", backed=spec.backed)
     de = json.loads((cache_dir / "de.json").read_text())
     features = PerturbationFeatures.load(cache_dir / "features.npz")

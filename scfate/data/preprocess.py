@@ -1,20 +1,22 @@
-"""Gene selection and differential expression, on log-normalised data.
+"""Gene selection and differential expression, on log-normalised data, from per-group sufficient statistics
+accumulated over row chunks (scfate.data.stats, scfate.data.chunked), so that the same code serves a matrix in memory
+and a file read from disk.
 
+HVGs: scanpy's seurat flavour on log data (``pp.highly_variable_genes(flavor='seurat')``), exactly ``n_hvg`` genes.
 DE follows the field's evaluation protocol (GEARS / scFATE §3): per context, each condition against that context's
-controls with ``scanpy.tl.rank_genes_groups(method='t-test', rankby_abs=True)`` over all selected genes; the top-20
-DE genes, and the GEARS non-dropout top-20 (`get_dropout_non_zero_genes`: skip genes whose mean is zero under the
-perturbation but not in control).
+controls by Welch's t as ``scanpy.tl.rank_genes_groups(method='t-test', rankby_abs=True)`` ranks them, over all
+selected genes; the top-20 DE genes, and the GEARS non-dropout top-20 (`get_dropout_non_zero_genes`: skip genes
+whose mean is zero under the perturbation but not in control).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from scfate.data import chunked, stats
 from scfate.data.schema import CONDITION, CONTEXT, CONTROL, IS_CONTROL
 from scfate.errors import DataError
 
@@ -33,31 +35,53 @@ def match_measured(genes: list[str], var_names: pd.Index) -> dict[str, str]:
     return out
 
 
-def select_genes(adata, n_hvg: int, keep: list[str], batch_key: str | None = None) -> list[str]:
-    """Top ``n_hvg`` highly variable genes (scanpy, seurat flavour on log data) plus every gene in ``keep``.
+def batch_codes(obs, batch_key: str | None) -> tuple[np.ndarray, int]:
+    """Batch index per cell (-1: no batch, left out as scanpy leaves it out) and the number of batches."""
+    if batch_key is None:
+        return np.zeros(len(obs), np.int64), 1
+    cat = pd.Categorical(obs[batch_key])
+    return cat.codes.astype(np.int64), len(cat.categories)
 
-    Returned in the original var order so the prepared matrix keeps the file's gene order.
+
+def choose_genes(raw: chunked.RawMatrix, rows: np.ndarray, kind: str, obs, var_names: pd.Index, n_hvg: int,
+                 keep: list[str], batch_key: str | None = None, log1p_base: float | None = None) -> np.ndarray:
+    """Column indices of the top ``n_hvg`` highly variable genes plus every gene in ``keep``, in the file's order.
+
+    ``raw`` holds the input (counts or log1p, ``kind``) of the cells ``rows``, whose obs is ``obs``.
     """
-    import scanpy as sc
-
-    if adata.n_vars <= n_hvg:
-        return list(adata.var_names)
-    hvg = sc.pp.highly_variable_genes(adata, n_top_genes=n_hvg, flavor="seurat", batch_key=batch_key,
-                                      inplace=False, subset=False)
-    # scanpy's cut-off keeps every gene tied at the threshold; rank ourselves to take exactly n_hvg
-    score = np.nan_to_num(np.asarray(hvg["dispersions_norm"], dtype=float), nan=-np.inf)
-    top = np.argsort(-score, kind="stable")[:n_hvg]
-    chosen = set(adata.var_names[top]) | set(keep)
-    return [g for g in adata.var_names if g in chosen]
+    if len(var_names) <= n_hvg:
+        return np.arange(len(var_names))
+    codes, n_batches = batch_codes(obs, batch_key)
+    moments = chunked.hvg_moments(raw, rows, kind, codes, n_batches, log1p_base)
+    top = stats.top_hvg(stats.hvg_table(moments, var_names, batched=batch_key is not None), n_hvg)
+    chosen = np.zeros(len(var_names), bool)
+    chosen[top] = True
+    chosen |= var_names.isin(keep)
+    return np.flatnonzero(chosen)
 
 
-def group_means(X, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean expression per label without densifying X: (unique labels [n], means [n, n_genes])."""
-    uniq, inv = np.unique(labels, return_inverse=True)
-    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
-    indicator = sp.csr_matrix((1.0 / counts[inv], (inv, np.arange(len(inv)))), shape=(len(uniq), len(inv)))
-    means = indicator @ X
-    return uniq, np.asarray(means.todense() if sp.issparse(means) else means)
+def select_genes(adata, n_hvg: int, keep: list[str], batch_key: str | None = None) -> list[str]:
+    """``choose_genes`` on log-normalised data in memory: the selected names, in the original var order."""
+    base = adata.uns.get("log1p", {}).get("base")
+    idx = choose_genes(chunked.RawMatrix.in_memory(adata.X), np.arange(adata.n_obs), "log1p", adata.obs,
+                       adata.var_names, n_hvg, keep, batch_key, base)
+    return list(adata.var_names[idx])
+
+
+def require_controls(obs) -> None:
+    """Every context with perturbed cells needs control cells: the effect is measured against them."""
+    contexts = obs[CONTEXT].astype(str).to_numpy()
+    no_ctrl = sorted(set(contexts) - set(contexts[obs[IS_CONTROL].to_numpy()]))
+    if no_ctrl:
+        raise DataError(f"Context(s) {no_ctrl} have perturbed cells but no control cells, so no effect can be "
+                        "measured there. Add their controls or drop them with data.obs_filter.")
+
+
+def condition_codes(obs) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The (context, condition) groups DE and pseudobulk are computed over, and each cell's group index."""
+    frame = pd.DataFrame({"ctx": obs[CONTEXT].astype(str).to_numpy(), "cond": obs[CONDITION].astype(str).to_numpy()})
+    codes, uniq = pd.MultiIndex.from_frame(frame).factorize(sort=True)
+    return [tuple(map(str, k)) for k in uniq], codes.astype(np.int64)
 
 
 def differential_expression(adata, n_de: int = 20) -> dict[str, dict[str, dict]]:
@@ -65,43 +89,10 @@ def differential_expression(adata, n_de: int = 20) -> dict[str, dict[str, dict]]
 
     Conditions with fewer than 2 cells cannot be tested (t-test) and are listed under the key ``"_skipped"``.
     """
-    import anndata as ad
-    import scanpy as sc
-
-    out: dict[str, dict] = {}
-    contexts = adata.obs[CONTEXT].astype(str).to_numpy()
-    no_ctrl = sorted(set(contexts) - set(contexts[adata.obs[IS_CONTROL].to_numpy()]))
-    if no_ctrl:
-        raise DataError(f"Context(s) {no_ctrl} have perturbed cells but no control cells, so no effect can be "
-                        "measured there. Add their controls or drop them with data.obs_filter.")
-    for ctx in sorted(set(contexts)):
-        mask = contexts == ctx
-        sub = ad.AnnData(X=adata.X[mask], var=pd.DataFrame(index=adata.var_names))
-        sub.obs[CONDITION] = adata.obs[CONDITION].astype(str).to_numpy()[mask]
-        sizes = sub.obs[CONDITION].value_counts()
-        skipped = sorted(c for c, n in sizes.items() if n < 2 and c != CONTROL)
-        tested = sorted(c for c, n in sizes.items() if n >= 2 and c != CONTROL)
-        result: dict = {"_skipped": skipped}
-        out[ctx] = result
-        if not tested:
-            continue
-        keep = sub.obs[CONDITION].isin(tested + [CONTROL]).to_numpy()
-        sub = sub[keep].copy()
-        sub.obs[CONDITION] = pd.Categorical(sub.obs[CONDITION])
-        with warnings.catch_warnings():  # scanpy's own pandas PerformanceWarning, once per group
-            warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
-            sc.tl.rank_genes_groups(sub, groupby=CONDITION, groups=tested, reference=CONTROL, method="t-test",
-                                    rankby_abs=True, n_genes=sub.n_vars, use_raw=False)
-        names = sub.uns["rank_genes_groups"]["names"]
-        labels, means = group_means(sub.X, sub.obs[CONDITION].astype(str).to_numpy())
-        mean_of = dict(zip(labels, means))
-        ctrl_zero = mean_of[CONTROL] == 0
-        gene_idx = {g: i for i, g in enumerate(sub.var_names)}
-        for cond in tested:
-            ranked = [str(g) for g in names[cond]]
-            zero = mean_of[cond] == 0
-            dropout = zero & ~ctrl_zero  # GEARS: non-dropout = non-zero, or zero in both condition and control
-            non_dropout = [g for g in ranked if not dropout[gene_idx[g]]]
-            result[cond] = {"top_de": ranked[:n_de], "top_non_dropout_de": non_dropout[:n_de],
-                            "n_cells": int(sizes[cond])}
-    return out
+    require_controls(adata.obs)
+    keys, codes = condition_codes(adata.obs)
+    raw = chunked.RawMatrix.in_memory(adata.X)
+    moments = stats.GroupMoments(len(keys), adata.n_vars)
+    for start, X in raw.chunks(np.arange(adata.n_obs)):
+        moments.add(X, codes[start:start + X.shape[0]])
+    return stats.de_from_moments(moments, keys, adata.var_names, CONTROL, n_de)

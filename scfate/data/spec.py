@@ -88,7 +88,9 @@ class DataSpec:
     input_type: str = "auto"
     n_hvg: int = 2000
     n_de_genes: int = 20
-    # read training batches from the prepared h5ad on disk instead of memory (large datasets)
+    # large datasets: prepare from the raw h5ad read in row chunks (scfate.data.chunked; also done without asking
+    # above chunked.CHUNKED_ABOVE cells x genes or when memory is short) and read training batches from the
+    # prepared h5ad on disk instead of memory. The prepared data are the same either way.
     backed: bool = False
     split: SplitSpec = field(default_factory=SplitSpec)
     features: dict[str, Any] = field(default_factory=dict)
