@@ -203,6 +203,11 @@ class ScfateModel:
         if replace:
             log.warning("n_cells=%d is more than the %d control cells given: sampling them with replacement",
                         n_cells, len(X))
+        from scfate.utils.progress import Progress
+
+        # hundreds of perturbations x n_cells through the flow take minutes: say how far it got (every 10, at most
+        # every 5 s, so a quick call stays silent)
+        progress = Progress(len(members_of), f"predict ({n_cells} cells each, context {context})", "perturbations")
         blocks, obs = [], []
         for members in members_of:
             canonical = "+".join(members)
@@ -211,6 +216,7 @@ class ScfateModel:
             blocks.append(predictor.predict(cond, X[idx]).cells.astype(np.float32))
             obs += [{"perturbation": canonical, "context": context, "control_cell": str(adata_ctrl.obs_names[i])}
                     for i in idx]
+            progress.step()
         obs = pd.DataFrame(obs, index=[f"pred{i}" for i in range(len(obs))])
         return ad.AnnData(np.concatenate(blocks), obs=obs, var=pd.DataFrame(index=self.genes))
 

@@ -13,6 +13,14 @@ log = logging.getLogger("scfate")
 STAGES = ("prepare", "backbone", "flow")
 
 
+def finish_run(cfg: DictConfig, result):
+    """Every entry point ends here: plots beside the eval JSON, summary.md, the 5-line headline (scfate.pipelines
+    .outputs); ``result`` is returned unchanged."""
+    from scfate.pipelines.outputs import finish_run as finish
+
+    return finish(cfg, result)
+
+
 def run_prepare(cfg: DictConfig):
     """Prepare the configured dataset (cached), write its split JSON and summary, print the summary; return the
     PreparedData, which the rest of the run uses (data are prepared and hashed once per run)."""
@@ -34,6 +42,15 @@ def run_train(cfg: DictConfig):
     if cfg.stage not in STAGES:
         raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
     check_outputs_writable(cfg)
+    if cfg.stage == "flow":  # run_dir: locked, never silently overwritten, marked COMPLETE at the very end
+        from scfate.pipelines.run_folder import run_folder
+
+        with run_folder(cfg):
+            return finish_run(cfg, _run_stage(cfg, pl))  # inside: COMPLETE lists the plots and summary.md
+    return finish_run(cfg, _run_stage(cfg, pl))
+
+
+def _run_stage(cfg: DictConfig, pl):
     pl.seed_everything(int(cfg.seed), workers=True)
     data = run_prepare(cfg)
     if cfg.stage == "prepare":
@@ -54,7 +71,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     from scfate.pipelines.evaluate import run_evaluate as run
 
     check_outputs_writable(cfg)
-    return run(cfg)
+    return finish_run(cfg, run(cfg))
 
 
 def run_reflow(cfg: DictConfig) -> dict:
@@ -62,4 +79,4 @@ def run_reflow(cfg: DictConfig) -> dict:
     from scfate.pipelines.reflow import run_reflow as run
 
     check_outputs_writable(cfg)
-    return run(cfg)
+    return finish_run(cfg, run(cfg))

@@ -44,7 +44,10 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert set(ev["metrics"]["by_subgroup"]) == {"unseen_single", "combo_seen0", "combo_seen1", "combo_seen2"}
     ckpt = torch.load(run_dir / "flow_best.pt", weights_only=True)
     assert ckpt["prior"] == "krr" and ckpt["n_steps"] == 20 and "v_net_state_dict" in ckpt
-    assert "scfate:synthetic" in proc.stdout and "baseline:feature_ridge" in proc.stdout
+    # the terminal gets the 5-line summary (also summary.md); the wide table is written beside the eval JSON
+    assert "scfate:synthetic on synthetic | split simulation_seed1_" in proc.stdout
+    assert "baseline:feature_ridge" in (run_dir / "eval_synthetic_seed1.table.txt").read_text()
+    assert (run_dir / "summary.md").is_file() and (run_dir / "plots" / "eval_synthetic_seed1" / "shift_scatter.png").is_file()
 
 
 def _backbone_of(run_dir):
@@ -83,7 +86,8 @@ def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leak
     split1, split3 = heads[1][0]["split"], heads["other"][0]["split"]
     assert split1["seed"] == 1 and split3["seed"] == 3
     assert set(split1["train"]) & set(split3["test"])  # so split 1's backbone would leak into split 3's scores
-    proc = run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}", f"backbone={heads[1][2]}", *QUICK,
+    # (a folder of its own: `other` holds a finished run, which run_dir= refuses to overwrite before any check)
+    proc = run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}_leaky", f"backbone={heads[1][2]}", *QUICK,
                 f"paths.artifacts_dir={art}"], tmp_path, expect=2)
     assert "that this run holds out (test: [" in proc.stderr and "Traceback" not in proc.stderr
 

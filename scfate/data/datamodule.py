@@ -105,7 +105,9 @@ class _StepSampler(Sampler):
             self.epoch = int(epoch)
 
     def __iter__(self):
-        return iter(range(self.epoch * self.steps, (self.epoch + 1) * self.steps))
+        # a generator: the epoch is read at the first batch, not when the iterator is made. Lightning makes the
+        # first epoch's iterator before it calls set_epoch, so a resumed run would replay epoch 0's batches
+        yield from range(self.epoch * self.steps, (self.epoch + 1) * self.steps)
 
     def __len__(self):
         return self.steps

@@ -190,14 +190,12 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
     perts = meta["perturbations"]
     if spec.split.mode == "file":
         split_path = Path(spec.split.file)
-        split = load_split(split_path, perts)
+        # a file from another tool may name A+B as B+A: read with the data's own canonical rule
+        split = load_split(split_path, perts, spec.control_values, spec.combo_separator)
     else:
         split = make_split(perts, spec.split, _strata(spec, adata, perts))
-        # every split setting is in the name (a short hash), so runs with other fractions never overwrite it
-        import dataclasses
-        import hashlib
-
-        tag = hashlib.sha256(json.dumps(dataclasses.asdict(spec.split), sort_keys=True, default=str).encode())
-        split_path = save_split(split, cache_dir / "splits" /
-                                f"{spec.split.mode}_seed{spec.split.seed}_{tag.hexdigest()[:8]}.json")
+        # named by its tag (mode, seed, hash of its lists): the name the log prints, that of its backbone folder
+        # (backbones/<dataset>/<tag>-<config>) and of the eval JSON's split.tag, so one name finds all three;
+        # settings that give other lists give another name, so a run never overwrites another's split
+        split_path = save_split(split, cache_dir / "splits" / f"{split.tag}.json")
     return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path)

@@ -15,17 +15,20 @@ the gene in the others (``scfate.eval.cv.context_fold_split``).
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from scfate.data.spec import SplitSpec
+from scfate.data.schema import CONTROL, canonical_perturbation
+from scfate.data.spec import CONTROL_VALUES, SplitSpec
 from scfate.errors import DataError
 from scfate.utils.io import atomic_write_json, sha256_json
 
 SCHEMA_VERSION = 1
+SPLIT_KEYS = ("schema_version", "mode", "seed", "params", "train", "val", "test", "subgroups")
 SIMULATION_SUBGROUPS = ("unseen_single", "combo_seen0", "combo_seen1", "combo_seen2")
 UNIT_SEP = "::"
 
@@ -195,8 +198,51 @@ def save_split(split: Split, path: str | Path) -> Path:
     return atomic_write_json(path, split.to_dict())
 
 
-def load_split(path: str | Path, perturbations: list[str] | None = None) -> Split:
-    """Read a split JSON; with ``perturbations``, check it covers exactly the dataset's perturbations."""
+def _canonical_entries(entries, path: Path, where: str, control_values, separator: str | None) -> list[str]:
+    """Split entries in the data's canonical form: a file from another tool may write ``B+A`` for the data's
+    ``A+B`` or GEARS' ``A+ctrl`` for ``A``; both name the same perturbation (scfate.data.schema), so they are
+    mapped, and an entry that then appears twice is kept once. An entry that is the control is refused."""
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise DataError(f"Split file {path}: {where} must be a list of perturbation names, got "
+                        f"{type(entries).__name__} {str(entries)[:80]}.")
+    controls = {v.lower() for v in control_values}
+    out, control = [], []
+    for e in entries:
+        ctx, pert = parse_unit(e)
+        canon = canonical_perturbation(pert, controls, separator)
+        if canon == CONTROL:
+            control.append(e)
+        out.append(canon if ctx is None else context_unit(ctx, canon))
+    if control:
+        raise DataError(f"Split file {path}: {where} lists the control {control[:5]}; control cells are in no set "
+                        "(every set is scored against them), remove them from the file.")
+    return sorted(set(out))
+
+
+def _check_keys(raw, path: Path) -> None:
+    if not isinstance(raw, dict):
+        raise DataError(f"Split file {path} holds a {type(raw).__name__}, not an object with train/val/test lists.")
+    unknown = [k for k in raw if k not in SPLIT_KEYS]
+    if unknown:  # ignored, a misspelt `subgroup` would silently leave the subgroups out of every score
+        hints = {k: difflib.get_close_matches(k, SPLIT_KEYS, n=1) for k in unknown}
+        said = "; ".join(f"{k!r} (did you mean {h[0]!r}?)" if h else repr(k) for k, h in hints.items())
+        raise DataError(f"Split file {path} has unknown key(s) {said}. Known keys: {', '.join(SPLIT_KEYS)}.")
+    missing = [k for k in ("train", "val", "test") if k not in raw]
+    if missing:
+        raise DataError(f"Split file {path} lacks key(s) {missing}; it needs train, val and test lists.")
+    groups = raw.get("subgroups")
+    if groups is not None and (not isinstance(groups, dict) or any(
+            k not in ("train", "val", "test") or not isinstance(v, dict) for k, v in groups.items())):
+        raise DataError(f"Split file {path}: subgroups must map a set (train, val, test) to {{subgroup: [names]}}, "
+                        'e.g. {"test": {"combo_seen1": ["A+B"]}}.')
+
+
+def load_split(path: str | Path, perturbations: list[str] | None = None, control_values=CONTROL_VALUES,
+               separator: str | None = "+") -> Split:
+    """Read a split JSON; with ``perturbations``, check it covers exactly the dataset's perturbations.
+
+    Names are canonicalised with the data's own rule (``control_values``, ``separator``: the data spec's; a drug
+    dataset passes ``separator=None``, its names may hold a "+")."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Split file not found: {path}. Set split.file to a JSON with train/val/test lists.")
@@ -204,12 +250,12 @@ def load_split(path: str | Path, perturbations: list[str] | None = None) -> Spli
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"Split file {path} is not valid JSON: {exc}.") from exc
-    missing = [k for k in ("train", "val", "test") if k not in raw]
-    if missing:
-        raise DataError(f"Split file {path} lacks key(s) {missing}; it needs train, val and test lists.")
-    split = Split(raw.get("mode", "file"), int(raw.get("seed", 0)), sorted(raw["train"]), sorted(raw["val"]),
-                  sorted(raw["test"]), raw.get("subgroups") or {"test": {"test": sorted(raw["test"])}},
-                  raw.get("params", {}))
+    _check_keys(raw, path)
+    sets = {k: _canonical_entries(raw[k], path, k, control_values, separator) for k in ("train", "val", "test")}
+    groups = {s: {g: _canonical_entries(v, path, f"subgroups.{s}.{g}", control_values, separator)
+                  for g, v in gs.items()} for s, gs in (raw.get("subgroups") or {}).items()}
+    split = Split(raw.get("mode", "file"), int(raw.get("seed", 0)), sets["train"], sets["val"], sets["test"],
+                  groups or {"test": {"test": sets["test"]}}, raw.get("params", {}))
     if perturbations is not None:
         unknown = sorted(e for e in set(split.train + split.val + split.test)
                          if unit_perturbation(e) not in set(perturbations))

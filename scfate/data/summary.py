@@ -32,7 +32,9 @@ def summarise(data) -> dict:
         "measured_perturbed_genes": sorted(meta["measured_perturbed_genes"]),
         "feature_dim": int(data.features.matrix.shape[1]),
         "feature_views": {v["name"]: v["stop"] - v["start"] for v in data.features.views},
-        "split": {"mode": split.mode, "seed": split.seed, "file": str(data.split_path), "rows": rows},
+        # the tag, not a hash of the settings: the same name as the backbone folder of this split
+        "split": {"mode": split.mode, "seed": split.seed, "tag": split.tag, "file": str(data.split_path),
+                  "rows": rows},
         "cache_dir": str(data.cache_dir),
     }
 
@@ -50,7 +52,7 @@ def print_summary(summary: dict) -> None:
     head.add_row("data_sha256", summary["data_sha256"][:16] + "…")
     console.print(head)
     sp = summary["split"]
-    table = Table(title=f"split: {sp['mode']} (seed {sp['seed']})")
+    table = Table(title=f"split {sp.get('tag') or sp['mode']}: {sp['mode']} (seed {sp['seed']})")
     for col in ("set", "subgroup", "perturbations", "cells"):
         table.add_column(col, justify="right" if col in ("perturbations", "cells") else "left")
     for r in sp["rows"]:

@@ -14,8 +14,10 @@ from scfate.data import schema
 from scfate.data.datamodule import RowReader, condition_groups, mean_rows
 from scfate.data.splits import context_unit
 from scfate.eval import metrics as M
+from scfate.eval.plotdata import PlotData, pca_picks
 from scfate.models.predictor import Condition, NotPredictable, Predictor, Pseudobulk
 from scfate.prior.baselines import DEFAULT_BASELINES, make_baseline
+from scfate.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -84,19 +86,30 @@ class EvalData:
         return Pseudobulk(self.data.spec.perturbation_type, self.contexts, self.ctrl_mean, rows("train"), rows("val"))
 
 
-def score(ed: EvalData, predictor: Predictor) -> dict:
+def score(ed: EvalData, predictor: Predictor, plot: PlotData | None = None, name: str = "model") -> dict:
     """Per-condition metrics of one predictor on ``ed.score_set`` (the test set unless an oracle check asks for
-    training perturbations), aggregated overall and per subgroup."""
-    return score_many(ed, {"model": predictor})["model"]
+    training perturbations), aggregated overall and per subgroup; ``plot`` keeps its shifts under ``name``."""
+    return score_many(ed, {name: predictor}, plot=plot)[name]
 
 
-def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | None = None) -> dict[str, dict]:
+def subgroup_of(ed: EvalData, context: str, perturbation: str) -> str:
+    return ed.subgroup_of.get(context_unit(context, perturbation), ed.subgroup_of.get(perturbation, ed.score_set))
+
+
+def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | None = None,
+               plot: PlotData | None = None) -> dict[str, dict]:
     """:func:`score` for several predictors in one pass over ``ed.score_set``: every predictor sees the same control
     cells and is compared with the same true cells (ensembles can then mix the very samples they are scored on).
     ``reference`` (a name in ``predictors``, e.g. ``additive``): each combination also gets ``interaction_cos``,
-    the cosine between predicted and true shift beyond the reference's, i.e. whether the non-additive part is right."""
+    the cosine between predicted and true shift beyond the reference's, i.e. whether the non-additive part is right.
+    ``plot`` (scfate.eval.plotdata) keeps what the plots beside the eval JSON need; it draws no random numbers, so
+    the scores are the same with or without it."""
     entries = {n: {} for n in predictors}
     deltas = {n: {} for n in predictors}
+    # a flow predicts hundreds of cells per condition: on a large test set this pass takes minutes
+    names = [getattr(p, "name", n) if n == "model" else n for n, p in predictors.items()]
+    label = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    progress = Progress(len(ed.groups[ed.score_set]), f"scoring {label}", unit="conditions")
     for g in ed.groups[ed.score_set]:
         key = (g.context, g.condition)
         cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
@@ -105,8 +118,7 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
         true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
         for name, predictor in predictors.items():
             entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                     "subgroup": ed.subgroup_of.get(context_unit(g.context, g.perturbation),
-                                                    ed.subgroup_of.get(g.perturbation, ed.score_set)), "n_true_cells": int(len(g.cells)),
+                     "subgroup": subgroup_of(ed, g.context, g.perturbation), "n_true_cells": int(len(g.cells)),
                      "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
                      "undefined": {}, "notes": []}
             if len(de_idx) < M.N_DE:
@@ -119,10 +131,15 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
                 continue
             entry["notes"].extend(pred.notes)
             vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
-            dvals, dundef = M.distribution_metrics(ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng)),
-                                                   true_pcs)
+            pred_pcs = ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng))
+            dvals, dundef = M.distribution_metrics(pred_pcs, true_pcs)
             entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
             deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
+            if plot is not None:
+                plot.add_shift(name, f"{g.context}/{g.condition}", entry["subgroup"], de_idx, *deltas[name][key])
+                if plot.wants_cells(name, g.context, g.condition):
+                    plot.add_cells(f"{g.context}/{g.condition}", pred_pcs, true_pcs, ed.pca.transform(ctrl_cells))
+        progress.step()
     if reference is not None:
         _add_interaction(ed, entries, deltas, reference)
     out = {}
@@ -183,16 +200,20 @@ def evaluate(data, model: Predictor, baselines: list[str] | None = None, n_cells
         ed.groups[score_set] = [g for g in every if (g.context, g.condition) in covered]
     pb = ed.pseudobulk()
     names = [b for b in (baselines if baselines is not None else DEFAULT_BASELINES) if b != model.name]
+    keys = [(g.context, g.condition) for g in ed.groups[score_set]]
+    plot = PlotData(pca_picks(keys, lambda k: subgroup_of(ed, k[0], ed.conditions[k].perturbation)))
+    plot.pca_var = ed.pca.explained_variance_ratio_[:2]
     model.fit(pb)
-    out = {"model": score(ed, model), "baselines": {}}
+    out = {"model": score(ed, model, plot), "baselines": {}}
     for name in names:
         base = make_baseline(name)
         base.fit(pb)
-        out["baselines"][name] = score(ed, base)
+        out["baselines"][name] = score(ed, base, plot, name=f"baseline:{name}")
     missing = sorted(set(getattr(data.split, score_set)) - {g.perturbation for g in every})
     out["test_perturbations_without_cells"] = missing
     if covered is not None:
         out["not_covered"] = [{"context": g.context, "condition": g.condition, "perturbation": g.perturbation}
                               for g in every if (g.context, g.condition) not in covered]
     out["scored"] = score_set
+    out["plot_data"] = plot  # not part of the eval JSON: written beside it (scfate.eval.results.write_eval_json)
     return out

@@ -181,7 +181,15 @@ class FlowHead(pl.LightningModule):
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
             metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-            self.history.append({"epoch": int(self.current_epoch), **metrics})
+            epoch = int(self.current_epoch)  # an epoch replayed after a resume replaces its earlier record
+            self.history = [r for r in self.history if r["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the epochs before an interruption: a resumed run's flow_metrics.jsonl keeps its whole history
+        checkpoint["scfate_history"] = [dict(r) for r in self.history]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = [dict(r) for r in checkpoint.get("scfate_history", [])]
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.v_net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -71,8 +71,9 @@ def run_backbone(cfg: DictConfig, data) -> dict:
     same_but_epochs = {k: v for k, v in backbone_config(cfg, data).items() if k != "epochs"}
     ckpt_dir = Path(cfg.paths.artifacts_dir) / "checkpoints" / "backbones" / cfg.data.name / \
         f"{data.split.tag}-{sha256_json(same_but_epochs)[:8]}" / f"seed{cfg.seed}"
+    identity = {"dataset": cfg.data.name, "split": data.split.tag, "seed": int(cfg.seed), **same_but_epochs}
     model, checkpoint, trainer = fit_and_restore(cfg, model, cfg.callbacks.backbone, ckpt_dir,
-                                                 int(cfg.epochs.backbone), datamodule=dm)
+                                                 int(cfg.epochs.backbone), identity=identity, datamodule=dm)
     save_split(data.split, out / "split.json")  # `data.split.mode=file data.split.file=...` reuses it
     config = backbone_config(cfg, data)
     path = export_backbone(model, data, out / "backbone.pt",

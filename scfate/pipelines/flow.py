@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,24 @@ class TrainedFlow:
     units: dict[str, int]
 
 
+def flow_identity(cfg: DictConfig, data) -> dict:
+    """What makes a flow run this run, for ``ckpt_path=`` (scfate.pipelines.resume): its dataset and prepared data,
+    split, seed, backbone (for ``backbone=auto`` its config: model, data, epochs, batches), head, prior and
+    batches. Not the flow's epochs, trainer or evaluation: a resume may train on for more epochs elsewhere."""
+    from omegaconf import OmegaConf
+
+    from scfate.pipelines.backbone import backbone_config
+
+    dm = OmegaConf.to_container(cfg.datamodule, resolve=True)
+    ref = str(cfg.get("backbone", "auto"))
+    return {"dataset": cfg.data.name, "data": data.cache_dir.name, "split": data.split.tag, "seed": int(cfg.seed),
+            "backbone": backbone_config(cfg, data) if ref == "auto" else ref,
+            "flow": OmegaConf.to_container(cfg.flow, resolve=True),
+            "prior": OmegaConf.to_container(cfg.prior, resolve=True),
+            "datamodule": {k: dm.get(k) for k in ("batch_size", "steps_per_epoch", "val_steps", "holdout_fraction",
+                                                  "seed")}}
+
+
 def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
     """Backbone (auto / given), prior, flow head on ``data``'s training perturbations (validation perturbations
     select the prior and the best epoch); export ``run_dir/flow_best.pt`` with its metrics and reproduce.sh."""
@@ -44,12 +61,18 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
     from scfate.models.flow_export import export_flow
     from scfate.pipelines.backbone import resolve_backbone
     from scfate.pipelines.config import prior_settings
+    from scfate.pipelines.resume import FLOW_STAGE, resume_checkpoint, seed_stream, write_history
     from scfate.pipelines.training import checkpoint_dir, fit_and_restore
     from scfate.prior.fit import fit_prior, perturbation_features
-    from scfate.utils.io import atomic_write_text
     from scfate.utils.reproduce import write_reproduce
 
+    ckpt_dir, identity = checkpoint_dir(cfg, run_dir), flow_identity(cfg, data)
+    # refuse another run's checkpoint now, not after the backbone it may first train
+    resume_checkpoint(cfg.get("ckpt_path"), ckpt_dir, identity, f"run_dir={run_dir}")
     bb_path = resolve_backbone(cfg, data)
+    # the head draws the same numbers whether or not this process trained the backbone first (a resumed run
+    # finds it trained)
+    seed_stream(int(cfg.seed), FLOW_STAGE)
     dm = instantiate(cfg.datamodule, _partial_=True)(data=data, val_mode="perturbations")
     dm.setup("fit")
     backbone, _ = load_backbone(bb_path, genes=list(data.adata.var_names))
@@ -60,8 +83,8 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
                        prior_offset=prior_info.pop("offset", None), prior_delta=prior_info.pop("delta", None),
                        n_contexts=len(dm.contexts),
                        use_dose=data.spec.perturbation_type == "drug")
-    head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir),
-                                          int(cfg.epochs.flow), datamodule=dm)
+    head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, ckpt_dir, int(cfg.epochs.flow),
+                                          identity=identity, datamodule=dm)
     if dm.groups["val"]:  # the flow's spread, chosen on validation perturbations by MMD (0: the flow off)
         from scfate.eval.spread import select_spread
 
@@ -69,7 +92,7 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
         log.info("flow spread chosen on validation perturbations: %s", prior_info["spread_selection"])
     path = export_flow(head, data, run_dir / "flow_best.pt", bb_path, prior_info,
                        extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
-    atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head.history))
+    write_history(run_dir / "flow_metrics.jsonl", head.history)
     write_reproduce(run_dir, "train.py", artifacts_dir=cfg.paths.artifacts_dir)
     print(f"flow head exported to {path}")
     return TrainedFlow(head, path, prior_info, list(dm.perturbations), list(dm.contexts), data.features.index())

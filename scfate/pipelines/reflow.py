@@ -8,7 +8,6 @@ steps, evaluated on the test split at K steps and exported in the flow-head form
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -109,11 +108,18 @@ def run_reflow(cfg: DictConfig) -> dict:
 def train_student(cfg: DictConfig, student, couplings, dm, run_dir: Path):
     """Lightning fit on the couplings; validation on validation perturbations at K steps picks the best epoch.
     Returns (the student at its best epoch, on the CPU in eval mode; its validation delta cosine)."""
+    from omegaconf import OmegaConf
+
     from scfate.models.couplings import coupling_loader
     from scfate.pipelines.training import checkpoint_dir, fit_and_restore
 
+    # what makes a student this student, for ckpt_path= (scfate.pipelines.resume): not its epochs or evaluation
+    keys = ("data", "teacher", "teachers", "teacher_weights", "K", "student", "seed", "split_seed", "n_couplings",
+            "teacher_steps", "batch_size")
+    identity = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                for k, v in ((k, cfg.get(k)) for k in keys)}
     student, checkpoint, _ = fit_and_restore(
-        cfg, student, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir), int(cfg.epochs),
+        cfg, student, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir), int(cfg.epochs), identity=identity,
         train_dataloaders=coupling_loader(couplings, int(cfg.batch_size), int(cfg.seed)),
         val_dataloaders=dm.val_dataloader())
     return student, float(checkpoint.best_model_score or 0)
@@ -124,8 +130,9 @@ def export_student(cfg: DictConfig, student, data, teachers: list[Teacher], mixe
     """The student in the flow-head format, with its teachers (by their place in the artifacts tree and their
     sha256), its metrics history and a reproduce.sh; returns the checkpoint's path."""
     from scfate.models.flow_export import export_flow
+    from scfate.pipelines.resume import write_history
     from scfate.pipelines.teachers import student_backbone, tree_ref
-    from scfate.utils.io import atomic_write_text, sha256_file
+    from scfate.utils.io import sha256_file
     from scfate.utils.reproduce import write_reproduce
 
     shas = [sha256_file(t.path) for t in teachers]
@@ -139,7 +146,7 @@ def export_student(cfg: DictConfig, student, data, teachers: list[Teacher], mixe
         extra.update(teacher=named[0], teacher_sha256=shas[0])
     bb_path = student_backbone(teachers[0].path, teachers[0].ckpt, cfg.paths.artifacts_dir)
     path = export_flow(student, data, run_dir / "flow_best.pt", bb_path, prior_info, extra=extra)
-    atomic_write_text(run_dir / "flow_metrics.jsonl", "".join(json.dumps(r) + "\n" for r in student.history))
+    write_history(run_dir / "flow_metrics.jsonl", student.history)
     write_reproduce(run_dir, "reflow.py", artifacts_dir=cfg.paths.artifacts_dir)
     return path
 
