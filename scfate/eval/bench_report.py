@@ -110,10 +110,10 @@ def _fmt(x, nd=3):
     return "n/d" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def to_markdown(summary: dict, model: str, metrics=METRICS) -> str:
+def to_markdown(summary: dict, model: str, metrics=METRICS, unit: str = "perturbations") -> str:
     lines = []
     for g, block in summary.items():
-        lines += [f"### {g} ({block['n_perturbations']} perturbations)", "",
+        lines += [f"### {g} ({block['n_perturbations']} {unit})", "",
                   "| predictor | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
         for p, ms in block["predictors"].items():
             cells = [f"{_fmt(ms[m]['mean'])} ± {_fmt(ms[m]['sd_over_repeats'])}" for m in metrics]

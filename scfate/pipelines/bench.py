@@ -150,7 +150,7 @@ def run_bench(cfg: DictConfig) -> dict:
     names = [MODEL] + [p for p in ("flow_off", *baselines_of(cfg), *extra) if any(r["predictor"] == p for r in rows)]
     summary = report.summarise(rows, MODEL, names, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
     interaction = report.interaction_summary(rows, names, n_boot=int(cfg.n_boot), seed=int(cfg.seed))
-    md = report.to_markdown(summary, MODEL) + report.interaction_markdown(interaction)
+    md = report.to_markdown(summary, MODEL, unit=what) + report.interaction_markdown(interaction)
     header = (f"# Benchmark: {cfg.data.name}, mode {cfg.mode}, {cfg.folds} folds x {cfg.repeats} repeats, "
               f"{len(units)} {what} (each tested once per repeat)\n\nCells: mean over (repeat, test unit) ± sd over "
               "repeats.\n\n")
