@@ -28,7 +28,7 @@ log = logging.getLogger("scfate")
 MODEL = "scfate"
 # part of the benchmark folder's key: bump it when the pipeline's behaviour changes, so that finished folds of an
 # earlier model are not resumed into a new benchmark
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 MODES = ("perturbation", "cross_context")
 
 
