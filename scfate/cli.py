@@ -29,8 +29,11 @@ def run_prepare(cfg: DictConfig):
     from scfate.pipelines.config import instantiate_spec, output_dir, resolved
 
     data = prepare(instantiate_spec(cfg), cfg.paths.data_dir, rebuild=bool(cfg.get("rebuild_data", False)))
-    write_summary(data, output_dir(cfg), resolved(cfg))
-    log.info("summary written to %s", output_dir(cfg) / "data_summary.json")
+    from scfate.utils.dist import is_rank_zero
+
+    if is_rank_zero():
+        write_summary(data, output_dir(cfg), resolved(cfg))
+        log.info("summary written to %s", output_dir(cfg) / "data_summary.json")
     return data
 
 
@@ -41,6 +44,10 @@ def run_train(cfg: DictConfig):
 
     if cfg.stage not in STAGES:
         raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
+    from scfate.utils.dist import is_rank_zero
+
+    if not is_rank_zero():  # a DDP rank > 0 trains beside rank 0 and writes nothing (scfate.utils.dist)
+        return _run_stage(cfg, pl)
     check_outputs_writable(cfg)
     if cfg.stage == "flow":  # run_dir: locked, never silently overwritten, marked COMPLETE at the very end
         from scfate.pipelines.run_folder import run_folder

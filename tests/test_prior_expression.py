@@ -237,9 +237,12 @@ def test_mean_predictor_falls_back_to_the_baseline_that_wins_leave_one_out():
     assert choice["combination"]["loo_cos"]["additive"] > 0.99
     assert choice["single"]["chosen"] != "additive" or choice["single"]["loo_cos"]["additive"] == pytest.approx(
         choice["single"]["loo_cos"]["train_mean"])
-    shifts = selected_shifts(pb, "c", [cond("g10+g11"), cond("g0+g1")], choice, unit_F, units, "rbf",
-                             torch.zeros(2, G))
-    assert torch.allclose(shifts[1], torch.as_tensor(single["g0"] + single["g1"], dtype=torch.float32), atol=1e-4)
+    # the combination's choice decides its shift: additive's sum of the members, or the prior's own (the fallback)
+    fallback = torch.randn(2, G)
+    shifts = selected_shifts(pb, "c", [cond("g10+g11"), cond("g0+g1")], choice, unit_F, units, "rbf", fallback)
+    want = (torch.as_tensor(single["g0"] + single["g1"], dtype=torch.float32)
+            if choice["combination"]["chosen"] == "additive" else fallback[1])
+    assert torch.allclose(shifts[1], want, atol=1e-4)
 
 
 def test_spread_zero_is_the_flow_switched_off_and_is_chosen_on_validation(dm):  # noqa: F811

@@ -197,5 +197,7 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
         # named by its tag (mode, seed, hash of its lists): the name the log prints, that of its backbone folder
         # (backbones/<dataset>/<tag>-<config>) and of the eval JSON's split.tag, so one name finds all three;
         # settings that give other lists give another name, so a run never overwrites another's split
-        split_path = save_split(split, cache_dir / "splits" / f"{split.tag}.json")
+        split_path = cache_dir / "splits" / f"{split.tag}.json"
+        if not split_path.is_file():  # the tag hashes the lists: a file of that name holds this very split
+            save_split(split, split_path)
     return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path)

@@ -12,8 +12,15 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from scfate.flow import TorusPath, integrate, ot_pairs, torus_features
+from scfate.flow import TorusPath, ot_pairs, torus_features
 from scfate.lie import circular_mean
+from scfate.models.flow_sampling import (
+    Controls,
+    Request,
+    encode_controls,
+    sample_angles_many,
+    sample_cells_many,
+)
 from scfate.nn.velocity import VelocityNet
 
 
@@ -85,6 +92,12 @@ class FlowHead(pl.LightningModule):
         return ((v.float() - u_t) ** 2).mean()
 
     @torch.no_grad()
+    def encode_controls(self, x_ctrl: torch.Tensor, context: torch.Tensor) -> Controls:
+        """Control cells encoded once, for any number of perturbations (``sample_cells``, ``sample_cells_many``):
+        their latents and, under ``decode=residual``, ``x - D(z)`` (scfate.models.flow_sampling)."""
+        return encode_controls(self, x_ctrl, context)
+
+    @torch.no_grad()
     def sample_angles(self, z_c: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
                       members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
                       theta_mu: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,47 +105,28 @@ class FlowHead(pl.LightningModule):
 
         The source mean is the stored prior of ``perturbation``, or ``theta_mu`` for a perturbation outside the
         training vocabulary (the API computes it from the prior). ``generator``: the source noise's RNG (default
-        the global one).
+        the global one). ``anchor`` and ``spread`` act on the result (scfate.models.flow_sampling).
         """
-        e_p = self.v_net.embed(members.reshape(1, -1), log10_dose.reshape(1))
-        theta0 = self._source(perturbation, len(z_c), theta_mu, generator)
-
-        def v_fn(theta, t):
-            return self.v_net(theta, t, e_p, z_c, context).float()
-
-        theta = integrate(self.path, v_fn, theta0, n_steps or self.hparams.n_steps, method=self.hparams.sampler)
-        if self.hparams.anchor == "prior":  # (anchor=mean acts on the decoded cells, in sample_cells)
-            # keep the flow's cell-to-cell spread but put its circular mean on the prior's: with a few dozen
-            # training perturbations the learned residual of an unseen one can be mostly noise
-            mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(theta)
-            theta = self.path.group.wrap(theta - circular_mean(theta) + mu)
-        if self.hparams.spread != 1.0:
-            # the sampled angles' spread around their circular mean, scaled: chosen on validation perturbations
-            # (scfate.eval.spread); 0 rotates every control cell by the mean angle alone (the flow switched off)
-            centre = circular_mean(theta)
-            theta = self.path.group.wrap(centre + self.hparams.spread * self.path.group.wrap(theta - centre))
-        return theta
+        request = Request(perturbation, members, log10_dose, theta_mu)
+        return sample_angles_many(self, z_c, context, [request], n_steps, generator)[0]
 
     @torch.no_grad()
-    def sample_cells(self, x_ctrl: torch.Tensor, context: torch.Tensor, perturbation: torch.Tensor | None,
+    def sample_cells(self, x_ctrl: torch.Tensor | Controls, context: torch.Tensor, perturbation: torch.Tensor | None,
                      members: torch.Tensor, log10_dose: torch.Tensor, n_steps: int | None = None,
                      theta_mu: torch.Tensor | None = None, offset: torch.Tensor | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
         """One predicted cell per control cell: integrate the flow from the prior, rotate, decode. [B, G].
+        ``x_ctrl``: the cells, or ``Controls`` from ``encode_controls`` (reused, not encoded again).
         ``theta_mu`` / ``offset``: the prior of a perturbation outside the training vocabulary (the API's)."""
-        z_c = self.backbone.encode(x_ctrl, context).float()
-        theta = self.sample_angles(z_c, context, perturbation, members, log10_dose, n_steps, theta_mu, generator)
-        if offset is None and theta_mu is None:
-            offset = self.offset_of(perturbation, context)
-        cells = self.decode_rotated(theta, z_c, x_ctrl, context, offset)
-        if self.hparams.anchor == "mean":
-            # the flow's cells keep their spread, their mean is the prior alone's on these very control cells:
-            # decoding a spread of angles shrinks and bends the mean, and an unseen perturbation's learned
-            # residual is mostly noise with a few dozen training perturbations (REPRODUCE.md §6)
-            mu = self.prior_mu[perturbation] if theta_mu is None else theta_mu.to(self.prior_mu)
-            prior_cells = self.decode_rotated(mu.expand(len(z_c), -1), z_c, x_ctrl, context, offset)
-            cells = cells - cells.mean(0) + prior_cells.mean(0)
-        return self.anchor_to_delta(cells, x_ctrl, perturbation, context)
+        controls = x_ctrl if isinstance(x_ctrl, Controls) else encode_controls(self, x_ctrl, context)
+        request = Request(perturbation, members, log10_dose, theta_mu, offset)
+        return sample_cells_many(self, controls, [request], n_steps, generator)[0]
+
+    @torch.no_grad()
+    def sample_cells_many(self, controls: Controls, requests: list[Request], n_steps: int | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """``sample_cells`` for every request on the same encoded controls, in one stacked pass: [P, B, G]."""
+        return sample_cells_many(self, controls, requests, n_steps, generator)
 
     def anchor_to_delta(self, cells: torch.Tensor, x_ctrl: torch.Tensor, perturbation: torch.Tensor | None,
                         context: torch.Tensor) -> torch.Tensor:
@@ -151,14 +145,17 @@ class FlowHead(pl.LightningModule):
         return self.prior_offset[perturbation, context]
 
     def decode_rotated(self, theta: torch.Tensor, z_c: torch.Tensor, x_ctrl: torch.Tensor, context: torch.Tensor,
-                       offset: torch.Tensor | None = None):
+                       offset: torch.Tensor | None = None, base: torch.Tensor | None = None):
         """Cells of control latents ``z_c`` rotated by ``theta`` [B, k]. ``decode=residual`` adds the decoded change
         to the measured control cell, ``x_c + D(R z_c) - D(z_c)``, so the autoencoder's reconstruction error (a
         bias shared by every prediction) cancels and theta = 0 returns the controls exactly, plus the prior's
-        ``offset`` [G] where one is given; ``direct`` is D(R z_c)."""
+        ``offset`` [G] where one is given; ``direct`` is D(R z_c). ``base``: ``x_c - D(z_c)`` already computed
+        (``Controls.base``), so the controls are not decoded again."""
         out = self.backbone.decode(self.backbone.group.act(theta, z_c), context)
         if self.hparams.decode == "residual":
-            out = x_ctrl.to(out.dtype) + out - self.backbone.decode(z_c, context)
+            if base is None:
+                base = x_ctrl.to(out.dtype) - self.backbone.decode(z_c, context)
+            out = out + base.to(out.dtype)
             if offset is not None:
                 out = out + offset.to(out.dtype)
         return out

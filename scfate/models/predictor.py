@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from scfate.errors import UsageError
+from scfate.models.flow_sampling import Controls, Request
 
 
 class NotPredictable(ValueError):
@@ -74,7 +75,8 @@ class FlowPredictor(Predictor):
     ``scfate.load(...).predict`` alike. A perturbation of the head's vocabulary uses its stored prior; one outside it
     (an unseen combination in the API) needs ``prior_of_new(members, z_ctrl, ctx) -> (theta_mu, offset)``.
     ``generator``: a CPU ``torch.Generator`` for the flow's source noise (the API's ``seed``); None draws from the
-    global RNG, as evaluation does after its ``seed_everything``."""
+    global RNG, as evaluation does after its ``seed_everything``. Control cells may come pre-encoded (``encode``),
+    and ``predict_many`` predicts many perturbations on one control batch in one pass (scfate.models.flow_sampling)."""
 
     def __init__(self, head, perturbations: list[str], contexts: list[str], units: dict[str, int], name: str,
                  n_steps: int | None = None, prior_only: bool = False, prior_of_new=None,
@@ -89,30 +91,54 @@ class FlowPredictor(Predictor):
         self.n_steps = None if n_steps is None else int(n_steps)
         self._index = {p: i for i, p in enumerate(perturbations)}
 
+    def encode(self, ctrl_cells: np.ndarray, context: str) -> Controls:
+        """Control cells of ``context`` encoded once: give the result, or its ``take(rows)`` (a resample of them),
+        to ``predict`` / ``predict_many`` for any number of perturbations; nothing about the cells is recomputed."""
+        return self.head.encode_controls(torch.as_tensor(ctrl_cells, dtype=torch.float32),
+                                         torch.tensor(self.contexts.index(context)))
+
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray | Controls) -> Prediction:
+        return self.predict_many([cond], ctrl_cells)[0]
+
     @torch.no_grad()
-    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
-        x = torch.as_tensor(ctrl_cells, dtype=torch.float32)
-        ctx = torch.tensor(self.contexts.index(cond.context))
-        index = self._index.get(cond.perturbation)
+    def predict_many(self, conds: list[Condition], ctrl_cells: np.ndarray | Controls) -> list[Prediction]:
+        """``predict`` of every condition (one context) on the same control cells, encoded once and run through
+        the flow and the decoder as one stacked batch; the source noise is drawn condition by condition in order,
+        as that many ``predict`` calls would. An unpredictable condition raises before any cell is sampled."""
+        if not conds:
+            return []
+        if len({c.context for c in conds}) > 1:
+            raise UsageError(f"predict_many takes conditions of one context (the control cells'), got "
+                             f"{sorted({c.context for c in conds})}")
+        controls = ctrl_cells if isinstance(ctrl_cells, Controls) else self.encode(ctrl_cells, conds[0].context)
+        if int(controls.context) != self.contexts.index(conds[0].context):
+            raise UsageError(f"the control cells were encoded for context {self.contexts[int(controls.context)]!r}, "
+                             f"not {conds[0].context!r}")
+        requests = [self._request(cond, controls) for cond in conds]
+        # the KRR prior alone (flow_off) applies to the vocabulary; a new perturbation always goes through the flow
+        alone = [self.prior_only and r.perturbation is not None for r in requests]
+        flow = [r for r, a in zip(requests, alone) if not a]
+        sampled = iter(self.head.sample_cells_many(controls, flow, self.n_steps, self.generator) if flow else [])
+        out = [self._prior_alone(r, controls) if a else next(sampled) for r, a in zip(requests, alone)]
+        return [Prediction(o.mean(0), o) for o in (o.double().numpy() for o in out)]
+
+    def _request(self, cond: Condition, controls: Controls) -> Request:
         members = torch.tensor([self.units[m] for m in cond.members])
         dose = torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)
-        if index is None:
-            if self.prior_of_new is None:
-                raise NotPredictable(f"{cond.perturbation!r} is not in this head's vocabulary")
-            theta_mu, offset = self.prior_of_new(cond.members, self.head.backbone.encode(x, ctx).float(), ctx)
-            out = self.head.sample_cells(x, ctx, None, members, dose, self.n_steps, theta_mu=theta_mu, offset=offset,
-                                         generator=self.generator)
-        elif self.prior_only:  # the KRR prior alone: rotate every control by the predicted mean angle
-            pert = torch.tensor(index)
-            z = self.head.backbone.encode(x, ctx).float()
-            out = self.head.decode_rotated(self.head.prior_mu[pert].expand(len(x), -1), z, x, ctx,
-                                           self.head.offset_of(pert, ctx))
-            out = self.head.anchor_to_delta(out, x, pert, ctx)
-        else:
-            out = self.head.sample_cells(x, ctx, torch.tensor(index), members, dose, self.n_steps,
-                                         generator=self.generator)
-        out = out.double().numpy()
-        return Prediction(out.mean(0), out)
+        index = self._index.get(cond.perturbation)
+        if index is not None:
+            return Request(torch.tensor(index), members, dose)
+        if self.prior_of_new is None:
+            raise NotPredictable(f"{cond.perturbation!r} is not in this head's vocabulary")
+        theta_mu, offset = self.prior_of_new(cond.members, controls.z, controls.context)
+        return Request(None, members, dose, theta_mu, offset)
+
+    def _prior_alone(self, r: Request, c: Controls) -> torch.Tensor:
+        """The KRR prior alone: every control rotated by the predicted mean angle (no ODE, no source noise)."""
+        h = self.head
+        out = h.decode_rotated(h.prior_mu[r.perturbation].expand(len(c), -1), c.z, c.x, c.context,
+                               h.offset_of(r.perturbation, c.context), base=c.base)
+        return h.anchor_to_delta(out, c.x, r.perturbation, c.context)
 
 
 class BackboneOracle(Predictor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scfate.nn.autoencoder import MLP
@@ -62,8 +63,9 @@ class VelocityNet(nn.Module):
         super().__init__()
         self.embed = SetEncoder(unit_features, d_embed, d_hidden, use_dose)
         self.context = nn.Embedding(n_contexts, d_context)
-        d_in = 2 * theta_dim + 32 + d_embed + latent_dim + d_context
-        self.inp = nn.Linear(d_in, d_hidden)
+        # the input layer's column blocks, in forward's concatenation order: (cos, sin), time, e_p, z_c, context
+        self._widths = [2 * theta_dim, 32, d_embed, latent_dim, d_context]
+        self.inp = nn.Linear(sum(self._widths), d_hidden)
         self.blocks = nn.Sequential(*[ResidualBlock(d_hidden, dropout) for _ in range(n_blocks)])
         self.out = nn.Sequential(nn.LayerNorm(d_hidden), nn.SiLU(), nn.Linear(d_hidden, theta_dim))
 
@@ -73,3 +75,23 @@ class VelocityNet(nn.Module):
         h = torch.cat([theta.cos(), theta.sin(), time_embedding(t.expand(b) if t.dim() == 0 else t),
                        e_p.expand(b, -1), z_c, self.context(context.expand(b))], -1)
         return self.out(self.blocks(self.inp(h)))
+
+    def condition(self, e_p: torch.Tensor, z_c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The input layer's part that no ODE step changes, for :meth:`step_velocity`: ``e_p [P, d_embed]`` (one row
+        per perturbation), ``z_c [B, latent_dim]`` and their context (0-dim or [B]) -> ``[P * B, d_hidden]``, row
+        ``p * B + i`` for perturbation p and cell i. Sampling calls the network n_steps times with the same
+        conditioning, and these columns are most of the input layer: computed once, not at every step."""
+        _, _, w_e, w_z, w_c = self.inp.weight.split(self._widths, dim=1)
+        ctx = self.context(context.expand(len(z_c)) if context.dim() == 0 else context)
+        cells = F.linear(z_c, w_z) + F.linear(ctx, w_c, self.inp.bias)  # [B, H]: shared by every perturbation
+        return (cells.unsqueeze(0) + F.linear(e_p, w_e).unsqueeze(1)).flatten(0, 1)
+
+    def step_velocity(self, theta: torch.Tensor, t: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """``forward`` with the step-invariant input precomputed by :meth:`condition`: ``theta [P * B, k]``, ``t`` 0-dim
+        or ``[P * B]`` -> ``[P * B, k]`` (equal to forward up to float rounding)."""
+        w_a, w_t, *_ = self.inp.weight.split(self._widths, dim=1)
+        # the samplers pass one time expanded over the rows (stride 0): its embedding is one row, broadcast
+        one_time = t.dim() == 0 or (t.dim() == 1 and t.stride(0) == 0)
+        t_emb = time_embedding(t.reshape(-1)[:1] if one_time else t)
+        h = F.linear(torch.cat([theta.cos(), theta.sin()], -1), w_a) + F.linear(t_emb, w_t) + static
+        return self.out(self.blocks(h))

@@ -74,6 +74,10 @@ def run_backbone(cfg: DictConfig, data) -> dict:
     identity = {"dataset": cfg.data.name, "split": data.split.tag, "seed": int(cfg.seed), **same_but_epochs}
     model, checkpoint, trainer = fit_and_restore(cfg, model, cfg.callbacks.backbone, ckpt_dir,
                                                  int(cfg.epochs.backbone), identity=identity, datamodule=dm)
+    from scfate.utils.dist import is_rank_zero
+
+    if not is_rank_zero():  # rank 0 exports and scores it
+        return {}
     save_split(data.split, out / "split.json")  # `data.split.mode=file data.split.file=...` reuses it
     config = backbone_config(cfg, data)
     path = export_backbone(model, data, out / "backbone.pt",
@@ -119,14 +123,19 @@ def resolve_backbone(cfg: DictConfig, data) -> Path:
                             "artifacts/backbones/<dataset>/<split>-<config>/backbone.pt.") from exc
         check_backbone_split(read_backbone_checkpoint(path), split.to_dict(), f"backbone={ref}")
         return path
+    import contextlib
+
     from filelock import FileLock
+
+    from scfate.utils.dist import barrier, is_rank_zero
 
     out = backbone_dir(cfg, data)
     out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / ".train.lock")):
+    with FileLock(str(out / ".train.lock")) if is_rank_zero() else contextlib.nullcontext():
         if not (out / "backbone.pt").is_file():
             log.info("no backbone for split %s and this backbone config at %s: training it first", split.tag, out)
             run_backbone(cfg, data)
+    barrier()  # the other ranks read the backbone rank 0 exported
     ckpt = read_backbone_checkpoint(out / "backbone.pt")
     if not same_split(ckpt.get("split") or {}, split.to_dict()):  # a file put there by hand, or a stale layout
         raise DataError(f"{out / 'backbone.pt'} was not trained on split {split.tag} (its folder's name): delete the "

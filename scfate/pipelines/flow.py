@@ -85,6 +85,11 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
                        use_dose=data.spec.perturbation_type == "drug")
     head, checkpoint, _ = fit_and_restore(cfg, head, cfg.callbacks.flow, ckpt_dir, int(cfg.epochs.flow),
                                           identity=identity, datamodule=dm)
+    from scfate.utils.dist import is_rank_zero
+
+    if not is_rank_zero():  # rank 0 selects the spread, exports and evaluates
+        return TrainedFlow(head, run_dir / "flow_best.pt", prior_info, list(dm.perturbations), list(dm.contexts),
+                           data.features.index())
     if dm.groups["val"]:  # the flow's spread, chosen on validation perturbations by MMD (0: the flow off)
         from scfate.eval.spread import select_spread
 
@@ -118,6 +123,10 @@ def run_flow(cfg: DictConfig, data) -> dict:
 
     run_dir = Path(cfg.run_dir)
     trained = train_flow(cfg, data, run_dir)
+    from scfate.utils.dist import is_rank_zero
+
+    if not is_rank_zero():
+        return {}
     predictors = flow_predictors(trained, f"scfate:{cfg.data.name}")
     n_cells, seed = int(cfg.eval_n_cells), int(cfg.seed)
     scores = evaluate(data, predictors["model"], list(cfg.eval_baselines), n_cells=n_cells, seed=seed)

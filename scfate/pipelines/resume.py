@@ -103,7 +103,9 @@ def resume_checkpoint(ckpt_ref, ckpt_dir: Path, identity: dict | None, run: str)
 
     ckpt_dir = Path(ckpt_dir)
     if ckpt_ref is None:
-        for stale in ckpt_dir.glob("*.ckpt"):
+        from scfate.utils.dist import is_rank_zero
+
+        for stale in ckpt_dir.glob("*.ckpt") if is_rank_zero() else ():
             stale.unlink()
         return None
     path = ckpt_dir / "last.ckpt" if str(ckpt_ref) == "last" else Path(str(ckpt_ref))
