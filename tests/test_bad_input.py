@@ -174,3 +174,19 @@ def test_duplicate_cell_names_and_single_cell_perturbations_warn(tmp_path, caplo
         prepare(tiny_spec(tmp_path), tmp_path / "data")
     assert "1 cell names (obs_names) occur more than once (4 cells), e.g. ['cell0']" in caplog.text
     assert "1 perturbation(s) have a single cell in their context, e.g. ['B+C (c1)']" in caplog.text
+
+
+def test_a_file_with_no_cells_is_named_before_anything_else(tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from scfate.data.prepare import prepare
+    from scfate.data.spec import DataSpec
+    from scfate.errors import DataError
+
+    path = tmp_path / "empty.h5ad"
+    ad.AnnData(np.zeros((0, 3), np.float32), obs=pd.DataFrame({"condition": pd.Series([], dtype=str)}),
+               var=pd.DataFrame(index=["A", "B", "C"])).write_h5ad(path)
+    with pytest.raises(DataError, match="0 cells x 3 genes: nothing to prepare"):
+        prepare(DataSpec(name="empty", path=str(path)), tmp_path / "data")

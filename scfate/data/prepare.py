@@ -108,6 +108,9 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
         log.info("Preparing %s in chunks read from disk (%s)", raw_path, reason)
     with chunked.open_raw(raw_path, backed=reason is not None) as raw:
         lite = ad.AnnData(obs=raw.obs, var=raw.var)  # obs and var only: the matrix stays in `raw`
+        if lite.n_obs == 0 or lite.n_vars == 0:
+            raise DataError(f"{raw_path} holds {lite.n_obs} cells x {lite.n_vars} genes: nothing to prepare. Point "
+                            "data.path at the screen's h5ad (cells in rows, genes in columns).")
         rows = np.arange(lite.n_obs)
         for col, values in spec.obs_filter.items():
             if col not in lite.obs.columns:
