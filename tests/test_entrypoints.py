@@ -126,7 +126,9 @@ def test_bad_input_is_one_clear_message_and_exit_code_2(tmp_path):
     assert "Available obs columns: ['condition', 'cell_type']" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(["-m", "scfate.data", "dataset=custom", f"data.path={tmp_path / 'nope.h5ad'}"], tmp_path, expect=2)
     assert "Dataset file not found" in proc.stderr
-    proc = run(["train.py", "backbone=/nowhere/backbone.pt"], tmp_path, expect=2)
+    # a run folder of its own: the default one may hold a finished run, which is refused first (issue 15)
+    proc = run(["train.py", "backbone=/nowhere/backbone.pt", f"run_dir={tmp_path / 'bad_backbone'}"], tmp_path,
+               expect=2)
     assert "backbone=/nowhere/backbone.pt does not exist" in proc.stderr
     proc = run(["train.py", "stage=decoder"], tmp_path, expect=2)
     assert "stage='decoder' is not a stage; valid: ['prepare', 'backbone', 'flow']" in proc.stderr
