@@ -13,15 +13,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from conftest import PROJECT, make_adata
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from test_prepare import tiny_spec
-from test_run_identity import SMALL, compose_train
+from test_run_identity import SMALL, compose_config, compose_train
 
 from scfate.errors import DataError, UsageError
-from scfate.pipelines.config import CONF_DIR
 
 
 def cli(*args, tmp_path):
@@ -32,16 +27,8 @@ def cli(*args, tmp_path):
 
 
 def compose_evaluate(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("evaluate", overrides=[*SMALL, f"paths.data_dir={tmp_path / 'data'}", "eval_n_cells=20",
-                                             "eval_baselines=[no_change,train_mean]", *overrides],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_config("evaluate", [*SMALL, f"paths.data_dir={tmp_path / 'data'}", "eval_n_cells=20",
+                                       "eval_baselines=[no_change,train_mean]", *overrides], tmp_path / "out")
 
 
 def test_partial_predictions_are_compared_with_the_baselines_on_the_same_conditions(tmp_path, caplog):

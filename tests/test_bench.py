@@ -58,23 +58,17 @@ TINY_BENCH = ["folds=2", "repeats=1", "n_boot=100", "eval_n_cells=20", "eval_bas
 
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-    from test_run_identity import QUICK, SMALL
+    return run_tiny_bench(tmp_path_factory.mktemp("bench"))
+
+
+def run_tiny_bench(tmp, *overrides):
+    """The tiny benchmark on the synthetic data in ``tmp``: (tmp, its bench.json)."""
+    from test_run_identity import QUICK, SMALL, compose_config
 
     from scfate.pipelines.bench import run_bench
-    from scfate.pipelines.config import CONF_DIR
 
-    tmp = tmp_path_factory.mktemp("bench")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("bench", overrides=[*QUICK, *SMALL, *TINY_BENCH, f"paths.data_dir={tmp / 'data'}",
-                                          f"paths.artifacts_dir={tmp / 'artifacts'}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir, cfg.hydra.job.num = str(tmp / "out"), 0
-    HydraConfig().set_config(cfg)
+    cfg = compose_config("bench", [*QUICK, *SMALL, *TINY_BENCH, *overrides, f"paths.data_dir={tmp / 'data'}",
+                                   f"paths.artifacts_dir={tmp / 'artifacts'}"], tmp / "out")
     return tmp, run_bench(cfg)
 
 

@@ -108,26 +108,9 @@ def test_mean_selection_sees_other_contexts_only_in_a_cross_context_fold():
 
 @pytest.fixture(scope="module")
 def tiny_cross_bench(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-    from test_bench import TINY_BENCH
-    from test_run_identity import QUICK, SMALL
+    from test_bench import run_tiny_bench
 
-    from scfate.pipelines.bench import run_bench
-    from scfate.pipelines.config import CONF_DIR
-
-    tmp = tmp_path_factory.mktemp("cross")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("bench", overrides=[*QUICK, *SMALL, *TINY_BENCH, "mode=cross_context", "folds=3",
-                                          f"paths.data_dir={tmp / 'data'}", f"paths.artifacts_dir={tmp / 'artifacts'}"],
-                      return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir, cfg.hydra.job.num = str(tmp / "out"), 0
-    HydraConfig().set_config(cfg)
-    return tmp, run_bench(cfg)
+    return run_tiny_bench(tmp_path_factory.mktemp("cross"), "mode=cross_context", "folds=3")
 
 
 def test_tiny_cross_context_benchmark_end_to_end_without_leaks(tiny_cross_bench):

@@ -21,17 +21,21 @@ SMALL = ["+data.synthetic.n_genes=80", "+data.synthetic.n_background_genes=40", 
          "+data.synthetic.n_combos=16", "+data.synthetic.cells_per_condition=20", "+data.synthetic.n_control_cells=100"]
 
 
-def compose_train(tmp_path, *overrides):
+def compose_config(config_name: str, overrides: list[str], out_dir) -> object:
+    """Compose ``config_name`` with ``overrides`` as a Hydra run would (its hydra node set, output in ``out_dir``)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=[*QUICK, *SMALL, f"paths.data_dir={tmp_path / 'data'}",
-                                          f"paths.artifacts_dir={tmp_path / 'artifacts'}", *overrides],
-                      return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.hydra.runtime.output_dir = str(out_dir)
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def compose_train(tmp_path, *overrides):
+    return compose_config("train", [*QUICK, *SMALL, f"paths.data_dir={tmp_path / 'data'}",
+                                    f"paths.artifacts_dir={tmp_path / 'artifacts'}", *overrides], tmp_path / "out")
 
 
 @pytest.fixture(scope="module")
