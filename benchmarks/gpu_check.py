@@ -103,7 +103,8 @@ def write_cells(path: Path) -> dict:
 
 def batches(path: Path, batch_size: int, seed: int):
     """scfate's own batch source on the file: PairedBatches over RowReader(path=...), one condition per batch."""
-    from scfate.data.datamodule import ConditionGroup, PairedBatches, RowReader, _StepSampler
+    from scfate.data.datamodule import ConditionGroup, PairedBatches, _StepSampler
+    from scfate.data.rows import RowReader
 
     blocks = layout()
     controls = {f"ctx{c}": np.arange(a, b) for c, name, a, b in blocks if name == "ctrl"}
@@ -197,7 +198,7 @@ def make_head(backbone, names: list[str]):
 def predict_timing(head, path: Path, names: list[str], n_cells: int, n_perts: int) -> dict:
     """Seconds per 10k predicted cells at 20 and 2 flow steps (float32; K=2 is a reflow student's cost: the same
     network), each perturbation on its own control cells, and all of them on one control batch."""
-    from scfate.data.datamodule import RowReader
+    from scfate.data.rows import RowReader
     from scfate.models.flow_sampling import Request
 
     head = head.to(DEVICE).eval()

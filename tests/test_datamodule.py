@@ -8,7 +8,8 @@ import torch
 from test_prepare import tiny_spec
 
 from scfate.data import schema
-from scfate.data.datamodule import PerturbationDataModule, RowReader
+from scfate.data.datamodule import PerturbationDataModule
+from scfate.data.rows import RowReader
 
 
 def _dm(tmp_path, **kw) -> PerturbationDataModule:

@@ -8,64 +8,20 @@ index and log10 dose (0 for genes).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
-import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scfate.data import schema
+from scfate.data.load import stored_layers
+from scfate.data.rows import RowReader
 from scfate.data.spec import DataSpec
 from scfate.data.splits import UNIT_SEP, has_context_units
 from scfate.errors import DataError, UsageError
-
-
-class RowReader:
-    """Dense float32 rows ``[len(idx), n_genes]`` from an in-memory matrix or a backed h5ad.
-
-    A backed file is opened lazily in each process (DataLoader workers cannot share an h5py handle).
-    """
-
-    def __init__(self, matrix=None, path: str | Path | None = None, key: str = "X"):
-        if (matrix is None) == (path is None):
-            raise ValueError("RowReader needs exactly one of `matrix` or `path`.")
-        self.matrix, self.path, self.key = matrix, path, key  # key: "X" or "layers/counts" inside the h5ad
-        self._handle, self._pid = None, None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_handle": None, "_pid": None}
-
-    def _source(self):
-        if self.matrix is not None:
-            return self.matrix
-        if self._handle is None or self._pid != os.getpid():
-            import h5py
-            from anndata.io import sparse_dataset
-
-            self._handle, self._pid = sparse_dataset(h5py.File(self.path, "r")[self.key]), os.getpid()
-        return self._handle
-
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx)
-        order = np.argsort(idx, kind="stable")  # h5py reads need increasing indices
-        rows = self._source()[idx[order]]
-        rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-        out = np.empty_like(rows, dtype=np.float32)
-        out[order] = rows
-        return out
-
-
-def mean_rows(reader: RowReader, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Mean of the given rows, read ``chunk`` rows at a time (float64 accumulator)."""
-    total = None
-    for start in range(0, len(idx), chunk):
-        part = reader(idx[start:start + chunk]).astype(np.float64).sum(0)
-        total = part if total is None else total + part
-    return total / len(idx)
 
 
 @dataclass
@@ -78,15 +34,26 @@ class ConditionGroup:
 
 def condition_groups(obs, perturbations: set[str]) -> list[ConditionGroup]:
     """All (context, condition) groups in the split set ``perturbations`` (perturbations, or context units
-    ``CONTEXT::PERTURBATION``: scfate.data.splits), in a fixed order."""
-    keys = obs[[schema.CONTEXT, schema.CONDITION, schema.PERT]].astype(str)
-    mask = keys[schema.PERT].isin(perturbations).to_numpy()
+    ``CONTEXT::PERTURBATION``: scfate.data.splits), in a fixed order. Vectorised over cells (a genome-wide screen
+    has millions): per-category tests, then one sort of the cells' (context, condition, perturbation) codes."""
+    (ctx, ctx_names), (cond, cond_names), (pert, pert_names) = (
+        schema.category_codes(obs[c]) for c in (schema.CONTEXT, schema.CONDITION, schema.PERT))
+    wanted = list(perturbations)
+    mask = np.isin(pert_names, wanted)[pert]
     if has_context_units(perturbations):
-        mask |= (keys[schema.CONTEXT] + UNIT_SEP + keys[schema.PERT]).isin(perturbations).to_numpy()
-    groups = {}
-    for i in np.flatnonzero(mask):
-        groups.setdefault(tuple(keys.iloc[i]), []).append(i)
-    return [ConditionGroup(*k, cells=np.asarray(v)) for k, v in sorted(groups.items())]
+        pairs, inverse = np.unique(np.stack([ctx, pert], 1), axis=0, return_inverse=True)
+        units = [f"{ctx_names[a]}{UNIT_SEP}{pert_names[b]}" for a, b in pairs]
+        mask |= np.isin(units, wanted)[inverse.ravel()]
+    rows = np.flatnonzero(mask)
+    if not len(rows):
+        return []
+    keys, inverse = np.unique(np.stack([ctx[rows], cond[rows], pert[rows]], 1), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    order = np.argsort(inverse, kind="stable")  # each group's cells in increasing row order
+    parts = np.split(rows[order], np.cumsum(np.bincount(inverse, minlength=len(keys)))[:-1])
+    groups = [ConditionGroup(str(ctx_names[a]), str(cond_names[b]), str(pert_names[c]), cells)
+              for (a, b, c), cells in zip(keys, parts)]
+    return sorted(groups, key=lambda g: (g.context, g.condition, g.perturbation))
 
 
 class _StepSampler(Sampler):
@@ -200,7 +167,7 @@ class PerturbationDataModule(pl.LightningDataModule):
         self.reader = RowReader(path=path) if self.spec.backed else RowReader(matrix=data.adata.X)
         self.counts = None
         if self.with_counts:
-            if "counts" not in data.adata.layers:
+            if "counts" not in stored_layers(data.adata):
                 raise DataError(f"with_counts=True but {data.spec.name} has no raw counts (input was "
                                 f"{data.meta['input_type']}): the negative-binomial decoder needs them. Use "
                                 "model.likelihood=mse (the default) on log-normalised data.")

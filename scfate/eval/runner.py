@@ -11,7 +11,8 @@ import logging
 import numpy as np
 
 from scfate.data import schema
-from scfate.data.datamodule import RowReader, condition_groups, mean_rows
+from scfate.data.datamodule import condition_groups
+from scfate.data.rows import RowReader, mean_rows
 from scfate.data.splits import context_unit
 from scfate.eval import metrics as M
 from scfate.eval.plotdata import PlotData, pca_picks

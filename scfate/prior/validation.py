@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scfate.data.datamodule import mean_rows
+from scfate.data.rows import mean_rows
 from scfate.lie import circular_mean
 
 
