@@ -25,7 +25,7 @@ from scfate.data import schema
 from scfate.data.load import h5ad_in_memory_bytes, read_h5ad
 from scfate.data.stats import GroupMoments
 from scfate.errors import DataError
-from scfate.utils.memory import available_memory_bytes, gib
+from scfate.utils.memory import available_memory_bytes, gib, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ def open_raw(path: Path, backed: bool) -> Iterator[RawFile]:
             counts = RawMatrix.on_disk(f, "layers/counts", path)
         elif "layers/counts" in f:  # only log1p input carries it along, and CSC cannot be read by rows
             log.warning("%s: layers['counts'] is stored CSC and is not carried into the prepared file", path)
-        yield RawFile(RawMatrix.on_disk(f, "X", path), counts, obs, var, base)
+        raw = RawFile(RawMatrix.on_disk(f, "X", path), counts, obs, var, base)
+        del obs, var  # the caller may drop raw.obs once it has its own copy: no reference left here
+        yield raw
     finally:
         f.close()
 
@@ -194,8 +196,10 @@ def input_type(raw: RawMatrix, rows: np.ndarray, declared: str) -> str:
     for _, X in raw.chunks(rows):
         schema.check_values(X)
         values = X.data if sp.issparse(X) else X.ravel()
-        parts.append(values[(-offset) % step::step])  # the entries at global positions 0, step, 2*step, ...
+        # the entries at global positions 0, step, 2*step, ...; a copy: a view would keep every chunk alive
+        parts.append(values[(-offset) % step::step].copy())
         offset += values.size
+    release_free_memory()
     return schema.detect_input_type(np.concatenate(parts) if parts else np.zeros(0), declared)
 
 
@@ -210,6 +214,7 @@ def hvg_moments(raw: RawMatrix, rows: np.ndarray, kind: str, batch: np.ndarray, 
             data = (data.astype(np.float64) * np.log(log1p_base)).astype(np.float32)
         moments.add(sp.csr_matrix((np.expm1(data), L.indices, L.indptr), shape=L.shape),
                     batch[start:start + L.shape[0]])
+    release_free_memory()
     return moments
 
 
@@ -243,6 +248,7 @@ def write_prepared(path: Path, raw: RawMatrix, rows: np.ndarray, kind: str, gene
             elif extra is not None:
                 _append(f, "layers/counts", sp.csr_matrix(next(extra)[1])[:, genes])
             moments.add(x, groups[start:start + x.shape[0]])
+    release_free_memory()
     return moments
 
 

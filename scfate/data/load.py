@@ -85,10 +85,35 @@ def read_h5ad(path: str | Path, backed: bool = False):
     if not path.is_file():
         raise DataError(f"Dataset file not found: {path}.")
     try:
-        return ad.read_h5ad(path, backed="r" if backed else None)
+        return _read_backed(path) if backed else ad.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many types for truncated or non-h5ad files
         raise DataError(f"Cannot read {path} as an .h5ad file ({type(exc).__name__}: {exc}). Is it a complete "
                         "AnnData file? Re-download it or re-export it with adata.write_h5ad().") from exc
+
+
+def _read_backed(path: Path):
+    """``path`` opened read-only with X left on disk, and the layers too: anndata's own backed mode reads every
+    layer into memory, and a prepared screen's ``layers/counts`` is as large as X (a GB at a million cells). Read
+    layers through ``scfate.data.rows.RowReader(path=..., key="layers/<name>")``; ``stored_layers`` lists them."""
+    import anndata as ad
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        if "encoding-type" not in f.attrs:  # a file of an old anndata version: its own reader converts it
+            return ad.read_h5ad(path, backed="r")
+        parts = {k: read_elem(f[k]) for k in ("obs", "var", "uns", "obsm", "varm", "obsp", "varp") if k in f}
+    return ad.AnnData(filename=path, filemode="r", **parts)
+
+
+def stored_layers(adata) -> set[str]:
+    """Names of ``adata``'s layers: in memory, or on disk for a file ``read_h5ad(..., backed=True)`` opened."""
+    if not adata.isbacked:
+        return set(adata.layers.keys())
+    import h5py
+
+    with h5py.File(adata.filename, "r") as f:
+        return set(f["layers"].keys()) if "layers" in f else set()
 
 
 def h5ad_in_memory_bytes(path: str | Path) -> int:

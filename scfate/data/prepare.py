@@ -24,10 +24,12 @@ from scfate._version import __version__
 from scfate.data import chunked, preprocess, schema, stats
 from scfate.data.features import PerturbationFeatures, build_drug_features, build_gene_features
 from scfate.data.load import read_h5ad, resolve_data_file
+from scfate.data.rows import RowReader
 from scfate.data.spec import DataSpec
 from scfate.data.splits import Split, load_split, make_split, save_split
 from scfate.errors import DataError
 from scfate.utils.io import atomic_path, atomic_write_json, sha256_file_cached, sha256_json
+from scfate.utils.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches (still 1: the chunked preparation gives
@@ -80,7 +82,8 @@ def _expression_loadings(adata, n_components: int):
 
     ctrl = np.flatnonzero(adata.obs[schema.IS_CONTROL].to_numpy())
     ctrl = ctrl[np.linspace(0, len(ctrl) - 1, min(len(ctrl), 20000)).astype(int)]
-    X = adata.X[ctrl].toarray()
+    # backed: rows read by offset (scfate.data.rows); anndata's fancy indexing of a backed X reads all of it
+    X = RowReader(path=adata.filename)(ctrl) if adata.isbacked else adata.X[ctrl].toarray()
     k = min(n_components, *X.shape)
     pca = PCA(n_components=k, random_state=0).fit(X)
     return pd.DataFrame(pca.components_.T, index=adata.var_names, columns=[f"pc{i}" for i in range(k)])
@@ -108,6 +111,7 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
         log.info("Preparing %s in chunks read from disk (%s)", raw_path, reason)
     with chunked.open_raw(raw_path, backed=reason is not None) as raw:
         lite = ad.AnnData(obs=raw.obs, var=raw.var)  # obs and var only: the matrix stays in `raw`
+        raw.obs = None  # lite holds its own copy; one copy of a million cells' obs at a time
         if lite.n_obs == 0 or lite.n_vars == 0:
             raise DataError(f"{raw_path} holds {lite.n_obs} cells x {lite.n_vars} genes: nothing to prepare. Point "
                             "data.path at the screen's h5ad (cells in rows, genes in columns).")
@@ -125,7 +129,7 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
         schema.warn_odd_cells(lite)
         input_type = chunked.input_type(raw.X, rows, spec.input_type)
         obs = lite.obs
-        perts = sorted(p for p in obs[schema.PERT].astype(str).unique() if p != schema.CONTROL)
+        perts = sorted(str(p) for p in obs[schema.PERT].cat.categories if p != schema.CONTROL)  # all present
         if not perts:
             raise DataError("The dataset has control cells only: no perturbed cells to learn from.")
         preprocess.require_controls(obs)  # before the passes over the data, not after them
@@ -142,6 +146,11 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
         with atomic_path(cache_dir / "prepared.h5ad") as tmp:
             moments = chunked.write_prepared(tmp, raw.X, rows, input_type, genes, obs, var, groups, len(keys),
                                              counts=raw.counts)
+            cells = {"n_cells": int(len(obs)), "n_genes": int(len(var)),
+                     "n_control_cells": int(obs[schema.IS_CONTROL].sum()),
+                     "contexts": sorted(str(c) for c in obs[schema.CONTEXT].cat.categories)}
+            del lite, obs, groups  # the prepared file's obs is read next: never two copies of it in memory
+            release_free_memory()
             prepared = read_h5ad(tmp, backed=True)
             try:
                 features = _featurise(prepared, spec, perts, cache_dir)
@@ -151,10 +160,7 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
 
     meta = {"prep_version": PREP_VERSION, "scfate_version": __version__, "dataset": spec.name,
             "source": str(raw_path), "data_sha256": data_sha, "input_type": input_type,
-            "n_cells": int(len(obs)), "n_genes": int(len(var)),
-            "n_control_cells": int(obs[schema.IS_CONTROL].sum()),
-            "contexts": sorted(obs[schema.CONTEXT].astype(str).unique()),
-            "perturbations": perts, "measured_perturbed_genes": measured, "spec": spec.to_dict()}
+            **cells, "perturbations": perts, "measured_perturbed_genes": measured, "spec": spec.to_dict()}
     atomic_write_json(cache_dir / "de.json", de)
     features.save(cache_dir / "features.npz")
     atomic_write_json(cache_dir / "meta.json", meta)  # last: marks the cache complete

@@ -61,17 +61,18 @@ def normalise_obs(adata, spec: DataSpec) -> None:
         _require_column(obs, key, role)
 
     controls = {v.lower() for v in spec.control_values}
-    raw = obs[spec.perturbation_key].astype(str)
-    mapping = {lab: canonical_perturbation(lab, controls, spec.combo_separator) for lab in raw.unique()}
-    pert = raw.map(mapping)
+    raw = _as_str_categorical(obs[spec.perturbation_key])
+    # one canonical name per label, not per cell: a genome-wide screen has millions of cells, a few thousand labels
+    pert = _recode(raw, lambda lab: canonical_perturbation(lab, controls, spec.combo_separator))
     if not (pert == CONTROL).any():
-        seen = {k: int(v) for k, v in raw.value_counts().head(20).items()}
+        seen = {k: int(v) for k, v in pd.Series(raw).value_counts().head(20).items()}
         raise DataError(f"No control cells: none of the labels in obs[{spec.perturbation_key!r}] matches "
                         f"data.control_values={spec.control_values}. Most frequent labels seen: "
                         f"{seen}. Set data.control_values=[<your control label>].")
-    obs[PERT] = pd.Categorical(pert)
-    obs[IS_CONTROL] = (pert == CONTROL).to_numpy()
-    obs[CONTEXT] = pd.Categorical(obs[spec.context_key].astype(str) if spec.context_key else ["all"] * len(obs))
+    obs[PERT] = pert
+    obs[IS_CONTROL] = np.asarray(pert == CONTROL)  # a Categorical, not a Series: no hash table of the cell names
+    obs[CONTEXT] = (_as_str_categorical(obs[spec.context_key]) if spec.context_key
+                    else pd.Categorical.from_codes(np.zeros(len(obs), int), categories=["all"]))
 
     if spec.dose_key is not None and spec.perturbation_type == "drug":
         dose = pd.to_numeric(obs[spec.dose_key], errors="coerce")
@@ -84,25 +85,64 @@ def normalise_obs(adata, spec: DataSpec) -> None:
             raise DataError(f"obs[{spec.dose_key!r}] has non-positive doses on treated cells; doses enter the "
                             "model as log10(dose) and must be > 0.")
         obs[DOSE] = dose.where(~obs[IS_CONTROL]).astype(float)
-        cond = np.where(obs[IS_CONTROL], CONTROL, pert.astype(str) + "@" + obs[DOSE].map("{:g}".format))
+        names = pd.Series(np.asarray(pert, dtype=object), index=obs.index)
+        cond = np.where(obs[IS_CONTROL], CONTROL, names + "@" + obs[DOSE].map("{:g}".format))
     else:
         obs[DOSE] = np.nan
-        cond = pert.astype(str)
+        cond = pert
     obs[CONDITION] = pd.Categorical(cond)
+
+
+def _duplicated_names(names: pd.Index) -> pd.Index:
+    """Names that occur more than once. Found through 8-byte hashes, not pandas' hash table of the strings
+    themselves (a few hundred MB at millions of cells); names whose hashes collide are then compared as strings."""
+    h = np.fromiter((hash(n) for n in names), np.int64, len(names))  # Python caches a str's hash in the str
+    order = np.argsort(h, kind="stable")
+    same = h[order[1:]] == h[order[:-1]]
+    if not same.any():
+        return names[:0]
+    candidates = names[np.unique(np.concatenate([order[1:][same], order[:-1][same]]))]
+    return candidates[candidates.duplicated(keep=False)]
+
+
+def category_codes(series) -> tuple[np.ndarray, np.ndarray]:
+    """(code per cell, category names as str) of an obs column: a categorical's own codes, so that no string per
+    cell is made. A missing value (code -1) indexes the "nan" appended last, the name ``astype(str)`` gives it."""
+    cat = series if isinstance(series.dtype, pd.CategoricalDtype) else series.astype("category")
+    return cat.cat.codes.to_numpy(), np.append(np.asarray(cat.cat.categories.astype(str), dtype=object), "nan")
+
+
+def _as_str_categorical(values) -> pd.Categorical:
+    """``pd.Categorical(values.astype(str))`` without a string per cell: a categorical column's categories are
+    converted (and merged where two become one name, e.g. 1 and "1"); other columns are factorised first."""
+    cat = pd.Categorical(values) if not isinstance(values.dtype, pd.CategoricalDtype) else values.array
+    return _recode(cat, str)
+
+
+def _recode(cat, name) -> pd.Categorical:
+    """The categorical with every category renamed by ``name(str(category))``; a missing value becomes "nan", as
+    ``astype(str)`` writes it. Categories that get the same name merge; the result's categories are sorted."""
+    cat = pd.Categorical(cat)
+    labels = [name(str(c)) for c in cat.categories] + [name("nan")]  # code -1 (missing) indexes the last
+    names, index = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    out = pd.Categorical.from_codes(index.ravel()[np.asarray(cat.codes)], categories=names)
+    return out.remove_unused_categories()  # "nan", and labels no cell carries
 
 
 def warn_odd_cells(adata) -> None:
     """Warn (not fail: both can be deliberate) about duplicate cell names, often the same cells loaded twice, and
     about perturbations with a single cell in a context, whose "mean" is one cell's noise. Needs normalise_obs."""
     names = adata.obs_names
-    dup = names[names.duplicated(keep=False)]
+    dup = _duplicated_names(names)
     if len(dup):
         log.warning("%d cell names (obs_names) occur more than once (%d cells), e.g. %s: the same cells loaded "
                     "twice? If they are different cells, make the names unique (adata.obs_names_make_unique()).",
                     dup.nunique(), len(dup), list(dup.unique()[:5]))
-    obs = adata.obs[~adata.obs[IS_CONTROL].to_numpy()]
-    counts = obs.groupby([obs[CONTEXT].astype(str), obs[CONDITION].astype(str)]).size()
-    single = [cond if ctx == "all" else f"{cond} ({ctx})" for (ctx, cond), n in counts.items() if n == 1]
+    treated = ~adata.obs[IS_CONTROL].to_numpy()
+    (ctx, ctx_names), (cond, cond_names) = (category_codes(adata.obs[c]) for c in (CONTEXT, CONDITION))
+    pairs, counts = np.unique(np.stack([ctx[treated], cond[treated]], 1), axis=0, return_counts=True)
+    single = sorted(f"{cond_names[b]}" if ctx_names[a] == "all" else f"{cond_names[b]} ({ctx_names[a]})"
+                    for (a, b), n in zip(pairs, counts) if n == 1)
     if single:
         log.warning("%d perturbation(s) have a single cell in their context, e.g. %s: their mean effect and "
                     "distribution metrics rest on one cell; consider dropping them (data.obs_filter) or pooling.",
