@@ -209,11 +209,15 @@ class ScfateModel:
         # every 5 s, so a quick call stays silent)
         progress = Progress(len(members_of), f"predict ({n_cells} cells each, context {context})", "perturbations")
         blocks, obs = [], []
-        for members in members_of:
+        draws = [rng.choice(len(X), n_cells, replace=replace) for _ in members_of]
+        # the cells drawn, encoded once per call (not once per perturbation), and only those: a user may pass many
+        # more control cells than one call samples
+        used = np.unique(np.concatenate(draws))
+        controls = predictor.encode(X[used], context)
+        for members, idx in zip(members_of, draws):
             canonical = "+".join(members)
-            idx = rng.choice(len(X), n_cells, replace=replace)
             cond = Condition(context, canonical, canonical, members, dose, np.zeros(0))
-            blocks.append(predictor.predict(cond, X[idx]).cells.astype(np.float32))
+            blocks.append(predictor.predict(cond, controls.take(np.searchsorted(used, idx))).cells.astype(np.float32))
             obs += [{"perturbation": canonical, "context": context, "control_cell": str(adata_ctrl.obs_names[i])}
                     for i in idx]
             progress.step()
