@@ -97,3 +97,30 @@ def test_a_stack_that_only_rescales_one_candidate_does_not_win_the_tie():
     # additive = train_mean for singles; the stack is a rescaled train_mean: all three tie, the first wins
     loo = choice["single"]["loo_cos"]
     assert loo["stack"] == pytest.approx(loo["train_mean"], abs=1e-12) and choice["single"]["chosen"] == "train_mean"
+
+
+def test_knn_selection_equals_its_plain_definition():
+    """select_knn hoists each left-out row's mean and neighbours out of the (k, shrink) grid; the errors, and so
+    the choice, are the plain loop's to the last bit."""
+    from scfate.prior.knn import KS, SHRINKS, _cosine, knn_shift, select_knn
+
+    def plain(F, Y):
+        n, sim, errors = len(F), _cosine(F, F), {}
+        for k in [k for k in KS if k <= n - 1]:
+            for shrink in SHRINKS:
+                err = 0.0
+                for i in range(n):
+                    others = np.arange(n) != i
+                    mean = Y[others].mean(0)
+                    err += float(np.mean((knn_shift(sim[i, others], Y[others], mean, k, shrink) - Y[i]) ** 2))
+                errors[(k, shrink)] = err / n
+        return errors
+
+    rng = np.random.default_rng(0)
+    for n in (3, 6, 13):
+        F, Y = rng.normal(size=(n, 5)), rng.normal(size=(n, 40))
+        errors = plain(F, Y)
+        k, shrink = min(errors, key=lambda key: (errors[key], -key[1]))
+        got = select_knn(F, Y)
+        assert (got["k"], got["shrink"], got["loo_mse"]) == (k, shrink, errors[(k, shrink)])
+        assert got["loo_mse_mean_only"] == errors[(1, 1.0)]

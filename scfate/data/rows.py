@@ -3,7 +3,7 @@
 On disk the prepared ``X`` is CSR (scfate.data.chunked.write_prepared), so a row is one slice of ``data`` and
 ``indices`` at offsets that ``indptr`` (read once: 8 bytes a cell) gives. Rows close together in the file are read
 as one slice over the gap, rows far apart one slice each: a random training batch costs a few reads per row, and a
-perturbation's cells (pseudobulks) are read in long runs. That is 3-5x faster than anndata's backed fancy indexing
+perturbation's cells (pseudobulks) are read in long runs. That is 2-4x faster than anndata's backed fancy indexing
 (benchmarks/results/bench_scale.md) and reads nothing twice.
 """
 

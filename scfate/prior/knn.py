@@ -32,17 +32,19 @@ def select_knn(F: np.ndarray, Y: np.ndarray) -> dict:
     """Leave-one-out choice of (k, shrink) by mean squared error of the left-out perturbation's shift."""
     n = len(F)
     sim = _cosine(F, F)
-    errors = {}
-    for k in KS:
-        if k > n - 1:
-            continue
-        for shrink in SHRINKS:
-            err = 0.0
-            for i in range(n):
-                others = np.arange(n) != i
-                mean = Y[others].mean(0)
-                err += float(np.mean((knn_shift(sim[i, others], Y[others], mean, k, shrink) - Y[i]) ** 2))
-            errors[(k, shrink)] = err / n
+    grid = [(k, shrink) for k in KS if k <= n - 1 for shrink in SHRINKS]
+    totals = dict.fromkeys(grid, 0.0)
+    for i in range(n):  # per left-out row: its mean, neighbours and k-means once, then every shrinkage
+        others = np.arange(n) != i
+        Y_o, s_o = Y[others], sim[i, others]
+        mean = Y_o.mean(0)
+        order = np.argsort(-s_o, kind="stable")
+        for k in sorted({k for k, _ in grid}):
+            w = np.clip(s_o[order[:k]], 0.0, None)
+            near = mean if w.sum() <= 0 else (w[:, None] * Y_o[order[:k]]).sum(0) / w.sum()
+            for shrink in SHRINKS:  # knn_shift's arithmetic, term by term: the same floats
+                totals[(k, shrink)] += float(np.mean(((1.0 - shrink) * near + shrink * mean - Y[i]) ** 2))
+    errors = {key: total / n for key, total in totals.items()}
     k, shrink = min(errors, key=lambda key: (errors[key], -key[1]))  # ties: more shrinkage
     return {"k": k, "shrink": shrink, "loo_mse": errors[(k, shrink)],
             "loo_mse_mean_only": errors.get((min(KS), 1.0))}
