@@ -268,8 +268,8 @@ Teacher: `train.py {' '.join(out['teacher_args'])}`; student: `reflow.py {' '.jo
 ({out['student_n_couplings']} couplings at 128 teacher steps). `python benchmarks/bench_reflow.py`.
 Time: encode + ODE + decode, per 10k predicted cells, minimum over {out['rounds']} interleaved rounds; "own controls":
 each condition on its own control cells (as evaluation draws them); "shared": every test condition of a context on
-one control batch (`sample_cells_many`: encoded and decoded once per context, the ODEs stacked). Timed while other
-processes ran on the machine: the ratios, not the absolute times, carry over.
+one control batch (`sample_cells_many`: encoded and decoded once per context, the ODEs stacked). The load average
+below says whether other processes shared the machine; the ratios, not the absolute times, carry over.
 
 | model | steps | s / 10k cells (own controls) | speedup vs teacher@20 | s / 10k (shared) | speedup (shared) | DA | cos | PDE | theta RMSE vs teacher@128 |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
