@@ -36,24 +36,19 @@ def condition_groups(obs, perturbations: set[str]) -> list[ConditionGroup]:
     """All (context, condition) groups in the split set ``perturbations`` (perturbations, or context units
     ``CONTEXT::PERTURBATION``: scfate.data.splits), in a fixed order. Vectorised over cells (a genome-wide screen
     has millions): per-category tests, then one sort of the cells' (context, condition, perturbation) codes."""
-    (ctx, ctx_names), (cond, cond_names), (pert, pert_names) = (
-        schema.category_codes(obs[c]) for c in (schema.CONTEXT, schema.CONDITION, schema.PERT))
+    pert, pert_names = schema.category_codes(obs[schema.PERT])
     wanted = list(perturbations)
     mask = np.isin(pert_names, wanted)[pert]
     if has_context_units(perturbations):
-        pairs, inverse = np.unique(np.stack([ctx, pert], 1), axis=0, return_inverse=True)
-        units = [f"{ctx_names[a]}{UNIT_SEP}{pert_names[b]}" for a, b in pairs]
-        mask |= np.isin(units, wanted)[inverse.ravel()]
+        units, unit_of = schema.group_codes(obs, [schema.CONTEXT, schema.PERT])
+        mask |= np.isin([f"{c}{UNIT_SEP}{p}" for c, p in units], wanted)[unit_of]
     rows = np.flatnonzero(mask)
     if not len(rows):
         return []
-    keys, inverse = np.unique(np.stack([ctx[rows], cond[rows], pert[rows]], 1), axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    order = np.argsort(inverse, kind="stable")  # each group's cells in increasing row order
-    parts = np.split(rows[order], np.cumsum(np.bincount(inverse, minlength=len(keys)))[:-1])
-    groups = [ConditionGroup(str(ctx_names[a]), str(cond_names[b]), str(pert_names[c]), cells)
-              for (a, b, c), cells in zip(keys, parts)]
-    return sorted(groups, key=lambda g: (g.context, g.condition, g.perturbation))
+    keys, codes = schema.group_codes(obs, [schema.CONTEXT, schema.CONDITION, schema.PERT], rows)
+    order = np.argsort(codes, kind="stable")  # each group's cells in increasing row order
+    parts = np.split(rows[order], np.cumsum(np.bincount(codes, minlength=len(keys)))[:-1])
+    return [ConditionGroup(*key, cells=cells) for key, cells in zip(keys, parts)]
 
 
 class _StepSampler(Sampler):

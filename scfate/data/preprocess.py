@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scfate.data import chunked, stats
-from scfate.data.schema import CONDITION, CONTEXT, CONTROL, IS_CONTROL, category_codes
+from scfate.data.schema import CONDITION, CONTEXT, CONTROL, IS_CONTROL, group_codes
 from scfate.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ def require_controls(obs) -> None:
 
 def condition_codes(obs) -> tuple[list[tuple[str, str]], np.ndarray]:
     """The (context, condition) groups DE and pseudobulk are computed over, and each cell's group index."""
-    (ctx, ctx_names), (cond, cond_names) = (category_codes(obs[c]) for c in (CONTEXT, CONDITION))
-    pairs, codes = np.unique(np.stack([ctx, cond], 1), axis=0, return_inverse=True)
-    keys = [(str(ctx_names[a]), str(cond_names[b])) for a, b in pairs]
-    order = sorted(range(len(keys)), key=keys.__getitem__)  # by name, whatever order the categories are in
-    rank = np.empty(len(keys), np.int64)
-    rank[order] = np.arange(len(keys))
-    return [keys[i] for i in order], rank[codes.ravel()]
+    return group_codes(obs, [CONTEXT, CONDITION])
 
 
 def differential_expression(adata, n_de: int = 20) -> dict[str, dict[str, dict]]:

@@ -112,6 +112,19 @@ def category_codes(series) -> tuple[np.ndarray, np.ndarray]:
     return cat.cat.codes.to_numpy(), np.append(np.asarray(cat.cat.categories.astype(str), dtype=object), "nan")
 
 
+def group_codes(obs, columns: list[str], rows: np.ndarray | None = None) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The distinct name tuples of obs ``columns`` among ``rows`` (all cells if None), sorted by name, and each of
+    those cells' index into them: a group-by on categorical codes, with no string per cell."""
+    coded = [category_codes(obs[c]) for c in columns]
+    stacked = np.stack([codes if rows is None else codes[rows] for codes, _ in coded], 1)
+    combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    keys = [tuple(str(names[i]) for (_, names), i in zip(coded, combo)) for combo in combos]
+    order = sorted(range(len(keys)), key=keys.__getitem__)  # by name, whatever order the categories are in
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys))
+    return [keys[i] for i in order], rank[inverse.ravel()]
+
+
 def _as_str_categorical(values) -> pd.Categorical:
     """``pd.Categorical(values.astype(str))`` without a string per cell: a categorical column's categories are
     converted (and merged where two become one name, e.g. 1 and "1"); other columns are factorised first."""
@@ -138,11 +151,9 @@ def warn_odd_cells(adata) -> None:
         log.warning("%d cell names (obs_names) occur more than once (%d cells), e.g. %s: the same cells loaded "
                     "twice? If they are different cells, make the names unique (adata.obs_names_make_unique()).",
                     dup.nunique(), len(dup), list(dup.unique()[:5]))
-    treated = ~adata.obs[IS_CONTROL].to_numpy()
-    (ctx, ctx_names), (cond, cond_names) = (category_codes(adata.obs[c]) for c in (CONTEXT, CONDITION))
-    pairs, counts = np.unique(np.stack([ctx[treated], cond[treated]], 1), axis=0, return_counts=True)
-    single = sorted(f"{cond_names[b]}" if ctx_names[a] == "all" else f"{cond_names[b]} ({ctx_names[a]})"
-                    for (a, b), n in zip(pairs, counts) if n == 1)
+    keys, codes = group_codes(adata.obs, [CONTEXT, CONDITION], np.flatnonzero(~adata.obs[IS_CONTROL].to_numpy()))
+    counts = np.bincount(codes, minlength=len(keys))
+    single = [cond if ctx == "all" else f"{cond} ({ctx})" for (ctx, cond), n in zip(keys, counts) if n == 1]
     if single:
         log.warning("%d perturbation(s) have a single cell in their context, e.g. %s: their mean effect and "
                     "distribution metrics rest on one cell; consider dropping them (data.obs_filter) or pooling.",
