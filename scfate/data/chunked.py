@@ -89,6 +89,7 @@ class RawMatrix:
         size = chunk_rows(self.shape[1])
         for start in range(0, len(rows), size):
             yield start, self.rows(rows[start:start + size])
+        release_free_memory()  # the pass's chunk temporaries, freed, back to the OS before the next pass
 
 
 @dataclass
@@ -199,7 +200,6 @@ def input_type(raw: RawMatrix, rows: np.ndarray, declared: str) -> str:
         # the entries at global positions 0, step, 2*step, ...; a copy: a view would keep every chunk alive
         parts.append(values[(-offset) % step::step].copy())
         offset += values.size
-    release_free_memory()
     return schema.detect_input_type(np.concatenate(parts) if parts else np.zeros(0), declared)
 
 
@@ -214,7 +214,6 @@ def hvg_moments(raw: RawMatrix, rows: np.ndarray, kind: str, batch: np.ndarray, 
             data = (data.astype(np.float64) * np.log(log1p_base)).astype(np.float32)
         moments.add(sp.csr_matrix((np.expm1(data), L.indices, L.indptr), shape=L.shape),
                     batch[start:start + L.shape[0]])
-    release_free_memory()
     return moments
 
 
@@ -248,7 +247,6 @@ def write_prepared(path: Path, raw: RawMatrix, rows: np.ndarray, kind: str, gene
             elif extra is not None:
                 _append(f, "layers/counts", sp.csr_matrix(next(extra)[1])[:, genes])
             moments.add(x, groups[start:start + x.shape[0]])
-    release_free_memory()
     return moments
 
 

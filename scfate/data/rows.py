@@ -96,16 +96,21 @@ class RowReader:
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx)
         source = self._source()
-        if not isinstance(source, CsrFile):  # memory, or an h5py / anndata node: increasing, unique indices
+        if isinstance(source, CsrFile):  # it reads increasing indices
+            order = np.argsort(idx, kind="stable")
+            out = np.empty((len(idx), source.shape[1]), np.float32)
+            out[order] = source.rows(idx[order]).toarray()
+            return out
+        if self.matrix is None:  # an h5py or anndata node: increasing, unique indices only
             uniq, inverse = np.unique(idx, return_inverse=True)
-            rows = source[uniq] if self.matrix is None else source[idx]
-            rows = rows.toarray() if sp.issparse(rows) else np.asarray(rows)
-            return np.asarray(rows if self.matrix is not None else rows[inverse], dtype=np.float32)
-        order = np.argsort(idx, kind="stable")  # CsrFile reads increasing indices
-        rows = source.rows(idx[order]).toarray()
-        out = np.empty_like(rows, dtype=np.float32)
-        out[order] = rows
-        return out
+            rows = _dense(source[uniq])[inverse.ravel()]
+        else:
+            rows = _dense(source[idx])
+        return np.asarray(rows, dtype=np.float32)
+
+
+def _dense(rows) -> np.ndarray:
+    return rows.toarray() if sp.issparse(rows) else np.asarray(rows)
 
 
 def mean_rows(reader: RowReader, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
