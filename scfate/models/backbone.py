@@ -95,8 +95,12 @@ class RotationAE(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self._losses(batch)
         loss = self._total(losses)
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if not k.startswith("_")}, batch_size=len(batch["x_ctrl"]))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["x_ctrl"]))
+        b = len(batch["x_ctrl"])
+        # the loss terms only on the steps the loggers write (every trainer.log_every_n_steps optimizer steps):
+        # Lightning's log() costs ~0.3 ms a call, a fifth of a backbone step's time on 2 CPU cores
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/{k}": v for k, v in losses.items() if not k.startswith("_")}, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -122,4 +126,4 @@ class RotationAE(pl.LightningModule):
         nets = [p for n, p in self.named_parameters() if n != "atlas"]
         return torch.optim.AdamW([{"params": nets, "weight_decay": self.hparams.weight_decay},
                                   {"params": [self.atlas], "lr": self.hparams.atlas_lr, "weight_decay": 0.0}],
-                                 lr=self.hparams.lr)
+                                 lr=self.hparams.lr, foreach=True)  # one kernel per op for all tensors (CPU too)
