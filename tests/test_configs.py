@@ -132,12 +132,13 @@ def test_flow_config_instantiates_a_head_on_a_backbone(tmp_path):
     assert head_behaviour("none")["target"] == "atlas" and head_behaviour("none")["anchor"] == "none"
 
 
-@pytest.mark.parametrize("stage", ["backbone", "flow"])
+@pytest.mark.parametrize("stage", ["backbone", "flow", "reflow"])
 def test_callbacks_configs_instantiate(stage, tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     cb = instantiate(_compose("train", [], tmp_path).callbacks[stage], dirpath=tmp_path / "ckpt")
-    assert isinstance(cb, ModelCheckpoint) and cb.monitor == {"backbone": "val/loss", "flow": "val/delta_cos"}[stage]
+    monitor = {"backbone": ("val/loss", "min"), "flow": ("val/fm_loss", "min"), "reflow": ("val/energy", "min")}
+    assert isinstance(cb, ModelCheckpoint) and (cb.monitor, cb.mode) == monitor[stage]
 
 
 @pytest.mark.parametrize("model", MODELS)

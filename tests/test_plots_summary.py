@@ -87,7 +87,7 @@ def test_the_log_shows_epochs_and_evaluation_progress(run):
     epochs = [m for m in run.log if m.startswith("epoch ")]
     # the backbone (trained first by backbone=auto) and the flow head: one line each per epoch, loss and metric
     assert any(m.startswith("epoch 1/1: train/loss") and "val/loss" in m for m in epochs), epochs
-    assert any(m.startswith("epoch 1/1: train/fm_loss") and "val/delta_cos" in m and "(best " in m for m in epochs)
+    assert any(m.startswith("epoch 1/1: train/fm_loss") and "val/fm_loss" in m and "(best " in m for m in epochs)
     n = len(run.ev["metrics"]["per_perturbation"])
     assert f"scoring scfate:synthetic: 10/{n} conditions" in " ".join(run.log)
     assert any(m.startswith(f"scoring baseline:train_mean: {n}/{n} conditions") for m in run.log)

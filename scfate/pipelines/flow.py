@@ -96,7 +96,8 @@ def train_flow(cfg: DictConfig, data, run_dir: Path) -> TrainedFlow:
         prior_info["spread_selection"] = select_spread(head, dm, seed=int(cfg.seed))
         log.info("flow spread chosen on validation perturbations: %s", prior_info["spread_selection"])
     path = export_flow(head, data, run_dir / "flow_best.pt", bb_path, prior_info,
-                       extra={"seed": int(cfg.seed), "best_val_delta_cos": float(checkpoint.best_model_score or 0)})
+                       extra={"seed": int(cfg.seed), "best_" + checkpoint.monitor.replace("/", "_"):
+                              float(checkpoint.best_model_score or 0)})
     write_history(run_dir / "flow_metrics.jsonl", head.history)
     write_reproduce(run_dir, "train.py", artifacts_dir=cfg.paths.artifacts_dir)
     print(f"flow head exported to {path}")
