@@ -98,7 +98,7 @@ def run_reflow(cfg: DictConfig) -> dict:
         couplings.save(run_dir / "couplings.pt")
     student, best = train_student(cfg, student, couplings, dm, run_dir)
     path = export_student(cfg, student, data, teachers, mixed, probs, couplings, run_dir, prior_info,
-                          {"K": K, "reflow_round": rnd, "best_val_delta_cos": best})
+                          {"K": K, "reflow_round": rnd, "best_val_energy": best})
     print(f"student (K={K}) exported to {path}")
     tag = f"mixed{len(teachers)}" if mixed else "reflow" if rnd == 1 else f"reflow{rnd}"
     name = f"scfate:{cfg.data.name}_{tag}_K{K}"
@@ -107,7 +107,7 @@ def run_reflow(cfg: DictConfig) -> dict:
 
 def train_student(cfg: DictConfig, student, couplings, dm, run_dir: Path):
     """Lightning fit on the couplings; validation on validation perturbations at K steps picks the best epoch.
-    Returns (the student at its best epoch, on the CPU in eval mode; its validation delta cosine)."""
+    Returns (the student at its best epoch, on the CPU in eval mode; its validation energy distance)."""
     from omegaconf import OmegaConf
 
     from scfate.models.couplings import coupling_loader
@@ -119,7 +119,7 @@ def train_student(cfg: DictConfig, student, couplings, dm, run_dir: Path):
     identity = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                 for k, v in ((k, cfg.get(k)) for k in keys)}
     student, checkpoint, _ = fit_and_restore(
-        cfg, student, cfg.callbacks.flow, checkpoint_dir(cfg, run_dir), int(cfg.epochs), identity=identity,
+        cfg, student, cfg.callbacks.reflow, checkpoint_dir(cfg, run_dir), int(cfg.epochs), identity=identity,
         train_dataloaders=coupling_loader(couplings, int(cfg.batch_size), int(cfg.seed)),
         val_dataloaders=dm.val_dataloader())
     return student, float(checkpoint.best_model_score or 0)
