@@ -100,8 +100,8 @@ def test_a_stack_that_only_rescales_one_candidate_does_not_win_the_tie():
 
 
 def test_knn_selection_equals_its_plain_definition():
-    """select_knn hoists each left-out row's mean and neighbours out of the (k, shrink) grid; the errors, and so
-    the choice, are the plain loop's to the last bit."""
+    """select_knn computes every left-out row at once; its errors are the plain loop's to float rounding, and its
+    choice (k, shrink) the plain loop's exactly, ties included (no positive similarity: every shrink equal)."""
     from scfate.prior.knn import KS, SHRINKS, _cosine, knn_shift, select_knn
 
     def plain(F, Y):
@@ -117,10 +117,13 @@ def test_knn_selection_equals_its_plain_definition():
         return errors
 
     rng = np.random.default_rng(0)
-    for n in (3, 6, 13):
-        F, Y = rng.normal(size=(n, 5)), rng.normal(size=(n, 40))
+    cases = [(rng.normal(size=(n, 5)), rng.normal(size=(n, 40))) for n in (3, 6, 13, 48)]
+    cases.append((np.eye(6), rng.normal(size=(6, 40))))  # orthogonal features: no neighbour has weight
+    cases.append((np.repeat(rng.normal(size=(3, 5)), 3, axis=0), rng.normal(size=(9, 40))))  # tied similarities
+    for F, Y in cases:
         errors = plain(F, Y)
-        k, shrink = min(errors, key=lambda key: (errors[key], -key[1]))
+        k, shrink = min(errors, key=lambda key: (float(f"{errors[key]:.12g}"), -key[1]))
         got = select_knn(F, Y)
-        assert (got["k"], got["shrink"], got["loo_mse"]) == (k, shrink, errors[(k, shrink)])
-        assert got["loo_mse_mean_only"] == errors[(1, 1.0)]
+        assert (got["k"], got["shrink"]) == (k, shrink)
+        assert np.isclose(got["loo_mse"], errors[(k, shrink)], rtol=1e-12, atol=0)
+        assert np.isclose(got["loo_mse_mean_only"], errors[(1, 1.0)], rtol=1e-12, atol=0)

@@ -29,23 +29,29 @@ def knn_shift(sim: np.ndarray, Y: np.ndarray, mean: np.ndarray, k: int, shrink: 
 
 
 def select_knn(F: np.ndarray, Y: np.ndarray) -> dict:
-    """Leave-one-out choice of (k, shrink) by mean squared error of the left-out perturbation's shift."""
+    """Leave-one-out choice of (k, shrink) by mean squared error of the left-out perturbation's shift: every
+    left-out row at once (its neighbours among the others, their mean, each k's weighted mean), knn_shift's
+    arithmetic term by term. It runs once per fit, and the mean predictor's leave-one-out fits it hundreds of times."""
     n = len(F)
     sim = _cosine(F, F)
     grid = [(k, shrink) for k in KS if k <= n - 1 for shrink in SHRINKS]
-    totals = dict.fromkeys(grid, 0.0)
-    for i in range(n):  # per left-out row: its mean, neighbours and k-means once, then every shrinkage
-        others = np.arange(n) != i
-        Y_o, s_o = Y[others], sim[i, others]
-        mean = Y_o.mean(0)
-        order = np.argsort(-s_o, kind="stable")
-        for k in sorted({k for k, _ in grid}):
-            w = np.clip(s_o[order[:k]], 0.0, None)
-            near = mean if w.sum() <= 0 else (w[:, None] * Y_o[order[:k]]).sum(0) / w.sum()
-            for shrink in SHRINKS:  # knn_shift's arithmetic, term by term: the same floats
-                totals[(k, shrink)] += float(np.mean(((1.0 - shrink) * near + shrink * mean - Y[i]) ** 2))
-    errors = {key: total / n for key, total in totals.items()}
-    k, shrink = min(errors, key=lambda key: (errors[key], -key[1]))  # ties: more shrinkage
+    rows = np.arange(n)[:, None]
+    excluded = sim.copy()
+    np.fill_diagonal(excluded, -np.inf)  # a row is never its own neighbour: last in every stable order
+    order = np.argsort(-excluded, axis=1, kind="stable")
+    means = (Y.sum(0)[None, :] - Y) / (n - 1)  # each row's mean over the others
+    errors = {}
+    for k in sorted({k for k, _ in grid}):
+        w = np.clip(sim[rows, order[:, :k]], 0.0, None)  # [n, k]
+        total = w.sum(1, keepdims=True)
+        weighted = np.einsum("ik,ikg->ig", w, Y[order[:, :k]]) / np.where(total > 0, total, 1.0)
+        near = np.where(total > 0, weighted, means)
+        for shrink in SHRINKS:
+            errors[(k, shrink)] = float(np.mean(((1.0 - shrink) * near + shrink * means - Y) ** 2, axis=1).mean())
+    errors = {key: errors[key] for key in grid}
+    # ties (to 12 significant digits: a shrink between equal neighbour and mean shifts differs by rounding only):
+    # more shrinkage
+    k, shrink = min(errors, key=lambda key: (float(f"{errors[key]:.12g}"), -key[1]))
     return {"k": k, "shrink": shrink, "loo_mse": errors[(k, shrink)],
             "loo_mse_mean_only": errors.get((min(KS), 1.0))}
 
