@@ -28,7 +28,7 @@ log = logging.getLogger("scfate")
 MODEL = "scfate"
 # part of the benchmark folder's key: bump it when the pipeline's behaviour changes, so that finished folds of an
 # earlier model are not resumed into a new benchmark
-PIPELINE_VERSION = 5
+PIPELINE_VERSION = 6  # 6: the flow head selected by val/fm_loss (its first epoch was always kept before)
 MODES = ("perturbation", "cross_context")
 
 
