@@ -1,8 +1,9 @@
 """Few-step students vs their teacher, side by side on the same cells (issue 6 benchmark).
 
 One run on the built-in synthetic dataset: a teacher (trained with train.py if the work folder has none), one K=2
-reflow student (reflow.py), then the teacher at 20 and 128 steps and the student at K = 1, 2, 4, 16 predict the test
-conditions from the same control cells: wall time per 10k predicted cells and DA / cos / PDE (scfate.eval.runner).
+reflow student (reflow.py, the teacher's network fine-tuned) and one small K=2 student (a narrower, shallower velocity
+net distilled from scratch), then the teacher at 20 and 128 steps and the students at K = 1, 2 (4, 16) predict the
+test conditions from the same control cells: wall time per 10k predicted cells and DA / cos / PDE (scfate.eval.runner).
 Each condition is timed on its own control cells (as evaluation draws them), on control cells shared by every test
 condition of a context (the API's many perturbations on one batch: ``sample_cells_many``, controls encoded once), and
 through the pre-issue-14 sampler (``legacy_cells``: full velocity net at every step, controls decoded per call),
@@ -29,14 +30,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reflow_timing import endpoint_errors, time_per_10k, time_shared_per_10k  # noqa: E402  (this folder)
+
 from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 # "QUICK-ish": short, but long enough that the teacher is a real model (the tests' 5-step teacher is noise)
 TEACHER_ARGS = ["epochs.backbone=10", "epochs.flow=8", "eval_n_cells=100"]
 STUDENT_ARGS = ["K=2", "eval_n_cells=100"]
+# a smaller velocity net distilled from scratch (at the teacher's lr, as a network trained afresh): each step costs
+# less, the only way K=2 can be >= 10x a 20-step solve of the teacher's network (see the markdown)
+SMALL_ARGS = [*STUDENT_ARGS, "student.d_hidden=128", "student.n_blocks=2", "student.lr=1e-3"]
 # the issue's rows, plus the teacher itself at 1 and 2 steps: what the student's K steps would give without reflow
 VARIANTS = [("teacher", 20), ("teacher", 128), ("teacher", 1), ("teacher", 2), ("student", 1), ("student", 2),
-            ("student", 4), ("student", 16)]
+            ("student", 4), ("student", 16), ("small", 1), ("small", 2)]
 
 
 def sh(args: list[str], work: Path, job: str) -> float:
@@ -48,94 +54,6 @@ def sh(args: list[str], work: Path, job: str) -> float:
     if proc.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
-
-
-def time_per_10k(head, predictor_inputs, n_steps: int, legacy: bool = False) -> float:
-    """Seconds to predict 10,000 cells (encode, ODE, decode), conditions as in the evaluation. ``n_steps=0``: the
-    floor without any ODE (encode, rotate by the prior mean, decode), the cost no step count can remove.
-    ``legacy``: through ``legacy_cells``."""
-    total = sum(len(x) for x, *_ in predictor_inputs)
-    start = time.perf_counter()
-    with torch.no_grad():
-        for x, ctx, pert, members, dose in predictor_inputs:
-            if legacy:
-                legacy_cells(head, x, ctx, pert, members, dose, n_steps)
-            elif n_steps:
-                head.sample_cells(x, ctx, pert, members, dose, n_steps)
-            else:
-                z = head.backbone.encode(x, ctx).float()
-                head.decode_rotated(head.prior_mu[pert].expand(len(x), -1), z, x, ctx, head.offset_of(pert, ctx))
-    return (time.perf_counter() - start) * 10_000 / total
-
-
-def time_shared_per_10k(head, shared, n_steps: int) -> float:
-    """Seconds per 10,000 cells when every test condition of a context is predicted on one control batch: encode
-    and ``x - D(z)`` once per context, the ODEs of all its conditions as one stacked batch, decoded in large calls."""
-    total = sum(len(x) * len(reqs) for x, _, reqs in shared)
-    start = time.perf_counter()
-    with torch.no_grad():
-        for x, ctx, reqs in shared:
-            head.sample_cells_many(head.encode_controls(x, ctx), reqs, n_steps)
-    return (time.perf_counter() - start) * 10_000 / total
-
-
-@torch.no_grad()
-def legacy_cells(head, x, ctx, pert, members, dose, n_steps: int):
-    """The sampler as it was before issue 14, for timing only: the full velocity net at every step, ``x + D(R z) -
-    D(z)`` decoded per call (tests/test_predict_speed.py keeps the same reference and checks the fast path to 1e-5)."""
-    from scfate.flow import integrate
-    from scfate.lie import circular_mean
-
-    hp, group, bb = head.hparams, head.path.group, head.backbone
-    z = bb.encode(x, ctx).float()
-    e_p = head.v_net.embed(members.reshape(1, -1), dose.reshape(1))
-    theta = integrate(head.path, lambda th, t: head.v_net(th, t, e_p, z, ctx).float(), head._source(pert, len(z)),
-                      n_steps, method=hp.sampler)
-    mu = head.prior_mu[pert]
-    if hp.anchor == "prior":
-        theta = group.wrap(theta - circular_mean(theta) + mu)
-    if hp.spread != 1.0:
-        centre = circular_mean(theta)
-        theta = group.wrap(centre + hp.spread * group.wrap(theta - centre))
-
-    def decode(th):
-        out = bb.decode(bb.group.act(th, z), ctx)
-        if hp.decode == "residual":
-            out = x + out - bb.decode(z, ctx)
-            off = head.offset_of(pert, ctx)
-            out = out if off is None else out + off
-        return out
-
-    cells = decode(theta)
-    if hp.anchor == "mean":
-        cells = cells - cells.mean(0) + decode(mu.expand(len(z), -1)).mean(0)
-    return head.anchor_to_delta(cells, x, pert, ctx)
-
-
-@torch.no_grad()
-def endpoint_errors(teacher, student, inputs, seed: int) -> dict:
-    """RMS wrapped-angle error of each variant's ODE endpoint vs the teacher at 128 steps from the same theta_0."""
-    from scfate.flow import integrate
-    from scfate.lie import wrap_angle
-
-    def solve(head, x, ctx, members, dose, theta0, steps):
-        z = head.backbone.encode(x, ctx).float()
-        e_p = head.v_net.embed(members.reshape(1, -1), dose.reshape(1))
-        return integrate(head.path, lambda th, t: head.v_net(th, t, e_p, z, ctx).float(), theta0, steps,
-                         method=head.hparams.sampler)
-
-    gen = torch.Generator().manual_seed(seed)
-    sq, disp, n = np.zeros(len(VARIANTS)), 0.0, 0
-    heads = {"teacher": teacher, "student": student}
-    for x, ctx, pert, members, dose in inputs:
-        mu = student.prior_mu[pert].expand(len(x), -1)  # the student's source is the teacher's (single reflow)
-        theta0 = mu + student.hparams.source_std * torch.randn(mu.shape, generator=gen)
-        ref = solve(teacher, x, ctx, members, dose, theta0, 128)
-        disp += float((wrap_angle(ref - theta0) ** 2).sum())
-        for i, (who, steps) in enumerate(VARIANTS):
-            sq[i] += float((wrap_angle(solve(heads[who], x, ctx, members, dose, theta0, steps) - ref) ** 2).sum())
-        n += ref.numel()
-    return {"err": list(np.sqrt(sq / n)), "displacement": (disp / n) ** 0.5}
 
 
 def main() -> None:
@@ -155,9 +73,11 @@ def main() -> None:
     if not (teacher_dir / "flow_best.pt").is_file():
         walls["train_teacher_s"] = sh(["train.py", f"seed={args.seed}", *TEACHER_ARGS], work, "teacher")
     student_dir = work / "artifacts" / "flow_heads" / "synthetic" / f"reflow_K2_s{args.seed}"
-    if not (args.reuse_student and (student_dir / "flow_best.pt").is_file()):
-        walls["reflow_K2_s"] = sh(["reflow.py", f"teacher={teacher_dir}", f"seed={args.seed}", *STUDENT_ARGS,
-                                   f"run_dir={student_dir}"], work, "reflow")
+    small_dir = work / "artifacts" / "flow_heads" / "synthetic" / f"reflow_small_K2_s{args.seed}"
+    for name, run, extra in (("reflow_K2_s", student_dir, STUDENT_ARGS), ("reflow_small_K2_s", small_dir, SMALL_ARGS)):
+        if not (args.reuse_student and (run / "flow_best.pt").is_file()):
+            walls[name] = sh(["reflow.py", f"teacher={teacher_dir}", f"seed={args.seed}", *extra, f"run_dir={run}"],
+                             work, name)
 
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -170,12 +90,13 @@ def main() -> None:
 
     teacher, t_ckpt = load_flow(teacher_dir / "flow_best.pt")
     student, s_ckpt = load_flow(student_dir / "flow_best.pt")
+    small, small_ckpt = load_flow(small_dir / "flow_best.pt")
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("reflow", overrides=[f"paths.data_dir={work / 'data'}", f"split_seed={t_ckpt['split']['seed']}"])
     data = prepare(instantiate(cfg.data), cfg.paths.data_dir)
     units = data.features.index()
     perts, contexts = list(data.perturbations), list(data.meta["contexts"])
-    heads = {"teacher": teacher, "student": student}
+    heads = {"teacher": teacher, "student": student, "small": small}
 
     # quality: every variant scores the same control cells (the runner's draws, replayed from one state)
     ed = EvalData(data, n_cells=args.n_cells, seed=args.seed)
@@ -187,7 +108,8 @@ def main() -> None:
         pred = FlowPredictor(heads[who], perts, contexts, units, f"{who}@{steps}", n_steps=steps)
         pred.fit(ed.pseudobulk())
         overall = score(ed, pred)["overall"]
-        results.append({"model": who, "n_steps": steps, **{m: overall[m]["mean"] for m in ("da", "cos", "pde")}})
+        results.append({"model": who, "n_steps": steps,
+                        **{m: overall[m]["mean"] for m in ("da", "cos", "pde", "energy_distance", "mmd")}})
 
     # speed: the same inputs for every variant; rounds interleaved so machine noise hits all alike
     rng = np.random.default_rng(args.seed)
@@ -224,13 +146,14 @@ def main() -> None:
     legacy = {k: min(v) for k, v in legacy.items()}
     # the ODE against its own reference: same theta_0 and control latents, endpoint error vs the teacher at 128
     # steps (wrapped angle RMS, radians), and how far that reference moves from theta_0 at all
-    ends = endpoint_errors(teacher, student, inputs, args.seed)
+    ends = endpoint_errors(heads, VARIANTS, inputs, args.seed)
     for r, err in zip(results, ends["err"]):
         r["theta_rmse_vs_teacher128"] = err
     displacement = ends["displacement"]
     t20 = results[0]
     k2 = next(r for r in results if r["model"] == "student" and r["n_steps"] == 2)
-    da_loss = 100 * (t20["da"] - k2["da"])
+    s2 = next(r for r in results if r["model"] == "small" and r["n_steps"] == 2)
+    da_loss, small_da_loss = 100 * (t20["da"] - k2["da"]), 100 * (t20["da"] - s2["da"])
     verdict = {"k2_speedup_vs_teacher20": k2["speedup_vs_teacher20"],
                "k2_at_least_10x_faster": k2["speedup_vs_teacher20"] >= 10,
                "k2_speedup_vs_teacher20_shared_controls": k2["speedup_vs_teacher20_shared_controls"],
@@ -239,12 +162,16 @@ def main() -> None:
                "fast_path_gain_student2": legacy["student@2"] / k2["s_per_10k_cells"],
                "k2_vs_legacy_teacher20": legacy["teacher@20"] / k2["s_per_10k_cells"],
                "k2_da_loss_points": da_loss, "k2_loses_under_1_da_point": da_loss < 1,
+               "small_k2_speedup_vs_teacher20": s2["speedup_vs_teacher20"], "small_k2_da_loss_points": small_da_loss,
+               "small_k2_speedup_vs_teacher20_shared_controls": s2["speedup_vs_teacher20_shared_controls"],
+               "small_k2_meets_both": s2["speedup_vs_teacher20"] >= 10 and small_da_loss < 1,
                "encode_decode_floor_s_per_10k": min(times[len(VARIANTS)]),
                "teacher128_rms_displacement_from_theta0": displacement}
     out = {"dataset": "synthetic", "seed": args.seed, "test_conditions": len(inputs), "cells_per_condition": args.n_cells,
            "teacher": str(teacher_dir), "student": str(student_dir), "teacher_args": TEACHER_ARGS,
-           "student_args": STUDENT_ARGS, "student_n_couplings": s_ckpt["n_couplings"],
-           "student_best_val_energy": s_ckpt["best_val_energy"], "wall_s": walls, "results": results,
+           "student_args": STUDENT_ARGS, "small_args": SMALL_ARGS, "student_n_couplings": s_ckpt["n_couplings"],
+           "student_best_val_energy": s_ckpt["best_val_energy"],
+           "small_best_val_energy": small_ckpt["best_val_energy"], "wall_s": walls, "results": results,
            "verdict": verdict, "load_avg": os.getloadavg(), "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
            or platform.machine(), "rounds": args.rounds}
     res = ROOT / "benchmarks" / "results"
@@ -257,22 +184,23 @@ def markdown(out: dict) -> str:
     v = out["verdict"]
     rows = "\n".join(f"| {r['model']} | {r['n_steps']} | {r['s_per_10k_cells']:.3f} | {r['speedup_vs_teacher20']:.1f}x | "
                      f"{r['s_per_10k_cells_shared_controls']:.3f} | {r['speedup_vs_teacher20_shared_controls']:.1f}x | "
-                     f"{r['da']:.4f} | {r['cos']:.4f} | {r['pde']:.4f} | {r['theta_rmse_vs_teacher128']:.4f} |"
+                     f"{r['da']:.4f} | {r['cos']:.4f} | {r['pde']:.4f} | {r['mmd']:.4f} | {r['theta_rmse_vs_teacher128']:.4f} |"
                      for r in out["results"])
     leg = v["legacy_s_per_10k"]
     return f"""# Reflow students vs teacher
 
 torch {out['torch']}, {out['threads']} thread{'s' if out['threads'] > 1 else ''}, CPU; synthetic dataset, split seed {out['seed']},
 {out['test_conditions']} test conditions x {out['cells_per_condition']} control cells (the same cells for every row).
-Teacher: `train.py {' '.join(out['teacher_args'])}`; student: `reflow.py {' '.join(out['student_args'])}`
+Teacher: `train.py {' '.join(out['teacher_args'])}`; student: `reflow.py {' '.join(out['student_args'])}`;
+small: `reflow.py {' '.join(out['small_args'])}` (a fresh velocity net, distilled from the same teacher)
 ({out['student_n_couplings']} couplings at 128 teacher steps). `python benchmarks/bench_reflow.py`.
 Time: encode + ODE + decode, per 10k predicted cells, minimum over {out['rounds']} interleaved rounds; "own controls":
 each condition on its own control cells (as evaluation draws them); "shared": every test condition of a context on
 one control batch (`sample_cells_many`: encoded and decoded once per context, the ODEs stacked). The load average
 below says whether other processes shared the machine; the ratios, not the absolute times, carry over.
 
-| model | steps | s / 10k cells (own controls) | speedup vs teacher@20 | s / 10k (shared) | speedup (shared) | DA | cos | PDE | theta RMSE vs teacher@128 |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| model | steps | s / 10k cells (own controls) | speedup vs teacher@20 | s / 10k (shared) | speedup (shared) | DA | cos | PDE | MMD | theta RMSE vs teacher@128 |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 
 The sampler before issue 14 (full velocity net at every step, the controls decoded per call), timed in the same
@@ -288,7 +216,9 @@ Load average during timing: {', '.join(f'{x:.2f}' for x in out['load_avg'])} (2-
 K=2 student vs the 20-step teacher: {v['k2_speedup_vs_teacher20']:.1f}x faster on its own controls, \
 {v['k2_speedup_vs_teacher20_shared_controls']:.1f}x on shared controls (target >= 10x: \
 {'met' if v['k2_at_least_10x_faster'] else 'not met'}); DA {v['k2_da_loss_points']:+.1f} points lost (target < 1: \
-{'met' if v['k2_loses_under_1_da_point'] else 'not met'}).
+{'met' if v['k2_loses_under_1_da_point'] else 'not met'}). The small K=2 student: {v['small_k2_speedup_vs_teacher20']:.1f}x ({v['small_k2_speedup_vs_teacher20_shared_controls']:.1f}x shared), DA {v['small_k2_da_loss_points']:+.1f} points lost ({'both targets met' if v['small_k2_meets_both'] else 'not both met'}).
+Where the mean predictor sets the cells' mean (the default), DA / cos / PDE are the same for every row by
+construction: MMD and theta RMSE are what tell the students' cells apart.
 """
 
 

@@ -69,6 +69,25 @@ def test_student_on_straight_couplings_reproduces_an_analytic_teacher_in_one_ste
     assert student_err.max() < 0.03 and student_err.mean() < 0.01 and teacher_err.mean() > 0.1
 
 
+def test_a_student_of_another_size_starts_fresh_one_of_the_same_size_takes_the_teachers_weights():
+    from scfate.models.backbone import RotationAE
+    from scfate.models.flow_head import FlowHead
+    from scfate.models.reflow import student_from_teacher
+
+    torch.manual_seed(0)
+    bb = RotationAE(n_genes=12, n_contexts=2, perturbations=["A", "B"], atlas_perturbations=["A", "B"], theta_dim=4)
+    teacher = FlowHead(bb, torch.randn(2, 5), torch.zeros(2, 4), n_contexts=2, d_embed=16, d_hidden=32, n_blocks=3)
+    same = student_from_teacher(teacher, 2, overrides={"lr": 3e-4})
+    assert same.hparams.n_steps == 2 and same.hparams.lr == 3e-4
+    assert all(torch.equal(a, b) for a, b in zip(same.v_net.state_dict().values(), teacher.v_net.state_dict().values()))
+    small = student_from_teacher(teacher, 2, overrides={"d_hidden": 8, "n_blocks": 1})
+    assert (small.hparams.d_hidden, small.hparams.n_blocks) == (8, 1) and len(small.v_net.blocks) == 1
+    assert small.v_net.inp.out_features == 8 and torch.equal(small.prior_mu, teacher.prior_mu)
+    theta, t, z = torch.zeros(3, 4), torch.tensor(0.5), torch.randn(3, bb.group.latent_dim)
+    e_p = small.v_net.embed(torch.tensor([[0, -1]]), torch.zeros(1))
+    assert small.v_net(theta, t, e_p, z, torch.tensor(0)).shape == (3, 4)
+
+
 def test_reflow_loss_targets_the_short_way_round_the_seam():
     path = TorusPath(1, sigma=0.0)
     theta0, theta1 = torch.tensor([[3.0]]), torch.tensor([[-3.0]])

@@ -7,12 +7,18 @@ model selection (validation sampled at the student's own K steps) differ.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from scfate.errors import UsageError
 from scfate.flow.reflow import reflow_loss
 from scfate.models.backbone import energy_distance
 from scfate.models.flow_head import FlowHead
+
+log = logging.getLogger("scfate")
+# the velocity net's shape: a student that overrides any of these cannot start from the teacher's weights
+ARCHITECTURE = ("d_embed", "d_hidden", "n_blocks", "d_context")
 
 
 class ReflowStudent(FlowHead):
@@ -53,7 +59,10 @@ def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | Non
                          overrides: dict | None = None, prior_offset: torch.Tensor | None = None,
                          prior_delta: torch.Tensor | None = None) -> ReflowStudent:
     """A student with the teacher's architecture and weights, ``n_steps=K``, and ``prior_mu`` (default: the
-    teacher's). ``overrides``: other hyperparameters (e.g. ``lr``) that differ from the teacher's."""
+    teacher's). ``overrides``: other hyperparameters (e.g. ``lr``) that differ from the teacher's. An override of
+    the velocity net's size (``d_hidden``, ``n_blocks``, ``d_embed``, ``d_context``) gives a smaller (or larger)
+    network that cannot take the teacher's weights: it starts from a fresh initialisation and learns from the
+    couplings alone (distillation), which is what makes a K-step prediction cheaper than K steps of the teacher."""
     hp = dict(teacher.hparams)
     unknown = sorted(set(overrides or {}) - set(hp))
     if unknown:
@@ -67,5 +76,9 @@ def student_from_teacher(teacher: FlowHead, K: int, prior_mu: torch.Tensor | Non
                             prior.detach().clone(), **hp,
                             prior_offset=offset.detach().clone() if offset is not None and offset.numel() else None,
                             prior_delta=delta.detach().clone() if delta is not None and delta.numel() else None)
-    student.v_net.load_state_dict(teacher.v_net.state_dict())
+    if all(hp[k] == teacher.hparams[k] for k in ARCHITECTURE):
+        student.v_net.load_state_dict(teacher.v_net.state_dict())
+    else:
+        log.info("student velocity net %s differs from the teacher's %s: trained from a fresh initialisation",
+                 {k: hp[k] for k in ARCHITECTURE}, {k: teacher.hparams[k] for k in ARCHITECTURE})
     return student
