@@ -170,8 +170,8 @@ def main() -> None:
     out = {"dataset": "synthetic", "seed": args.seed, "test_conditions": len(inputs), "cells_per_condition": args.n_cells,
            "teacher": str(teacher_dir), "student": str(student_dir), "teacher_args": TEACHER_ARGS,
            "student_args": STUDENT_ARGS, "small_args": SMALL_ARGS, "student_n_couplings": s_ckpt["n_couplings"],
-           "student_best_val_energy": s_ckpt["best_val_energy"],
-           "small_best_val_energy": small_ckpt["best_val_energy"], "wall_s": walls, "results": results,
+           "student_best_val_endpoint_mse": s_ckpt["best_val_endpoint_mse"],
+           "small_best_val_endpoint_mse": small_ckpt["best_val_endpoint_mse"], "wall_s": walls, "results": results,
            "verdict": verdict, "load_avg": os.getloadavg(), "torch": torch.__version__, "threads": args.threads, "machine": platform.processor()
            or platform.machine(), "rounds": args.rounds}
     res = ROOT / "benchmarks" / "results"

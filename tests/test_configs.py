@@ -137,7 +137,7 @@ def test_callbacks_configs_instantiate(stage, tmp_path):
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     cb = instantiate(_compose("train", [], tmp_path).callbacks[stage], dirpath=tmp_path / "ckpt")
-    monitor = {"backbone": ("val/loss", "min"), "flow": ("val/fm_loss", "min"), "reflow": ("val/energy", "min")}
+    monitor = {"backbone": ("val/loss", "min"), "flow": ("val/fm_loss", "min"), "reflow": ("val/endpoint_mse", "min")}
     assert isinstance(cb, ModelCheckpoint) and (cb.monitor, cb.mode) == monitor[stage]
 
 

@@ -11,18 +11,20 @@ import torch
 from scfate.flow.reflow import Couplings, draw_teachers, teacher_endpoints
 
 
-def _sources(student, dm, n: int, probs: torch.Tensor, seed: int) -> Couplings:
-    """``n`` rows with their source, conditioning and teacher index; ``theta1`` left to fill. Training conditions are
-    cycled in shuffled order so each gets its share of the rows, one datamodule batch of one condition at a time."""
+def _sources(student, dm, n: int, probs: torch.Tensor, seed: int, split: str) -> Couplings:
+    """``n`` rows with their source, conditioning and teacher index; ``theta1`` left to fill. The split's conditions
+    are cycled in shuffled order so each gets its share of the rows, one datamodule batch of one condition at a
+    time, on its context's training control cells (validation ones for ``split="val"``)."""
     rng, gen = np.random.default_rng([seed, 11]), torch.Generator().manual_seed(seed)
-    groups, b = dm.groups["train"], dm.batch_size
+    groups, b = dm.groups[split], dm.batch_size
+    controls = dm.controls if split == "train" else dm.heldout_controls
     n_draws = math.ceil(n / b)
     order = np.concatenate([rng.permutation(len(groups)) for _ in range(math.ceil(n_draws / len(groups)))])
     rows = []
     for c in range(n_draws):
         g, m = groups[order[c]], min(b, n - c * b)
         enc = dm.encode[(g.context, g.condition)]
-        ctrl = dm.controls[g.context]
+        ctrl = controls[g.context]
         idx = rng.choice(ctrl, m, replace=len(ctrl) < m)
         # the backbone is shared by every teacher (checked before), so the student's latents are theirs too
         z = student.backbone.encode(torch.from_numpy(dm.reader(idx)), enc["context"]).float()
@@ -36,11 +38,12 @@ def _sources(student, dm, n: int, probs: torch.Tensor, seed: int) -> Couplings:
 
 @torch.no_grad()
 def generate_couplings(student, teachers: list, dm, n: int, teacher_steps: int, probs: torch.Tensor, seed: int,
-                       chunk: int = 4096) -> Couplings:
-    """``n`` couplings from a set-up datamodule ``dm``. ``theta_0`` is the student's source; each row's teacher is
+                       chunk: int = 4096, split: str = "train") -> Couplings:
+    """``n`` couplings of the ``split``'s conditions (``train``; ``val``: the student's model selection) from a
+    set-up datamodule ``dm``. ``theta_0`` is the student's source; each row's teacher is
     drawn from ``probs`` (one probability per entry of ``teachers``); ``theta_1`` is that teacher's ODE solution at
     ``teacher_steps`` with its own sampler, conditioned on the row's control latent, perturbation and context."""
-    out = _sources(student, dm, n, probs, seed)
+    out = _sources(student, dm, n, probs, seed, split)
     out.theta1 = torch.empty_like(out.theta0)
     # many conditions per ODE solve (each row carries its own conditioning), ``chunk`` rows at a time for memory
     for start in range(0, len(out), chunk):
@@ -59,11 +62,12 @@ def generate_couplings(student, teachers: list, dm, n: int, teacher_steps: int, 
     return out
 
 
-def coupling_loader(couplings: Couplings, batch_size: int, seed: int):
-    """Shuffled batches of whole rows; the sampler yields index lists, so a batch is one tensor gather, not a
-    per-row collate."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+def coupling_loader(couplings: Couplings, batch_size: int, seed: int, shuffle: bool = True):
+    """Batches of whole rows (shuffled, or in order for validation); the sampler yields index lists, so a batch is
+    one tensor gather, not a per-row collate."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-    sampler = RandomSampler(couplings, generator=torch.Generator().manual_seed(seed))
-    return DataLoader(couplings, sampler=BatchSampler(sampler, batch_size, drop_last=len(couplings) > batch_size),
-                      batch_size=None)
+    sampler = RandomSampler(couplings, generator=torch.Generator().manual_seed(seed)) if shuffle else \
+        SequentialSampler(couplings)
+    drop_last = shuffle and len(couplings) > batch_size
+    return DataLoader(couplings, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last), batch_size=None)
