@@ -24,14 +24,19 @@ ARCHITECTURE = ("d_embed", "d_hidden", "n_blocks", "d_context")
 class ReflowStudent(FlowHead):
     """``hparams.n_steps`` is K: validation, export and every later prediction sample with K steps."""
 
-    def coupling_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Batch of couplings (rows of `Couplings`, mixed perturbations and contexts) -> scalar loss."""
+    def coupling_field(self, batch: dict[str, torch.Tensor]):
+        """The velocity field ``v(theta, t)`` of a batch of couplings (rows of `Couplings`, mixed perturbations and
+        contexts), each row on its own perturbation, control latent and context."""
         e_p = self.v_net.embed(batch["members"], batch["log10_dose"])  # [B, d_embed]: one perturbation per row
 
         def v_fn(theta, t):
             return self.v_net(theta, t, e_p, batch["z_ctrl"], batch["context"])
 
-        return reflow_loss(self.path, v_fn, batch["theta0"], batch["theta1"])
+        return v_fn
+
+    def coupling_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batch of couplings -> scalar loss."""
+        return reflow_loss(self.path, self.coupling_field(batch), batch["theta0"], batch["theta1"])
 
     def training_step(self, batch, batch_idx):
         loss = self.coupling_loss(batch)
@@ -42,12 +47,9 @@ class ReflowStudent(FlowHead):
         # model selection on couplings of validation perturbations: the student's ODE endpoint at its own K steps
         # against the teacher's (wrapped angle, mean square), i.e. what it is distilled for, at the step count it
         # will be used at, on perturbations it was not trained on
-        e_p = self.v_net.embed(batch["members"], batch["log10_dose"])
-
-        def v_fn(theta, t):
-            return self.v_net(theta, t, e_p, batch["z_ctrl"], batch["context"]).float()
-
-        theta_k = integrate(self.path, v_fn, batch["theta0"], int(self.hparams.n_steps), method=self.hparams.sampler)
+        v_fn = self.coupling_field(batch)
+        theta_k = integrate(self.path, lambda theta, t: v_fn(theta, t).float(), batch["theta0"],
+                            int(self.hparams.n_steps), method=self.hparams.sampler)
         err = self.path.group.wrap(theta_k - batch["theta1"])
         self.log("val/endpoint_mse", err.pow(2).mean(), prog_bar=True, batch_size=len(err))
 
