@@ -180,3 +180,26 @@ def test_the_history_keeps_every_epoch_once(tmp_path):
     write_history(path, [{"epoch": e, "v": "new"} for e in range(2, 4)])  # resumed at 2 from an older checkpoint
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["epoch"], r["v"]) for r in rows] == [(0, "old"), (1, "old"), (2, "new"), (3, "new")]
+
+
+def test_seed_stream_reseeds_every_global_rng_without_lazy_device_calls():
+    import random
+
+    import numpy as np
+
+    from scfate.pipelines.resume import seed_stream
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    lazy = torch.cuda._lazy_seed_tracker.manual_seed_all_cb
+    seed_stream(3, 1, 2)
+    first = draws()
+    for epoch in range(50):
+        seed_stream(3, 0, epoch)
+    seed_stream(3, 1, 2)
+    assert draws() == first
+    seed_stream(3, 1, 3)
+    assert draws() != first
+    if not torch.cuda.is_available():  # torch.manual_seed queues a lazy seed (and a formatted stack) every call
+        assert torch.cuda._lazy_seed_tracker.manual_seed_all_cb is lazy
