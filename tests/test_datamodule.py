@@ -94,3 +94,18 @@ def test_row_reader_keeps_requested_order():
     np.testing.assert_array_equal(RowReader(matrix=X)(idx), X.toarray()[idx])
     with pytest.raises(ValueError):
         RowReader()
+
+
+def test_pseudobulk_means_from_group_sums_equal_the_cells_means(tmp_path):
+    """The prior's and evaluation's pseudobulks come from preparation's group sums (a training group's kept cells:
+    its sums less the held-out ones'); they must equal the mean of the very rows, read one by one."""
+    from scfate.data.rows import mean_rows
+
+    dm = _dm(tmp_path, holdout_fraction=0.25)
+    assert dm.groups["heldout"], "the fixture holds out no training cells: the subtraction is not exercised"
+    for name in ("train", "val", "test", "heldout"):
+        for g in dm.groups[name]:
+            np.testing.assert_allclose(dm.pseudobulk_mean(g), mean_rows(dm.reader, g.cells), rtol=1e-12, atol=1e-12)
+    for c in dm.contexts:
+        every = np.unique(np.concatenate([dm.controls[c], dm.heldout_controls[c]]))
+        np.testing.assert_allclose(dm.control_mean(c), mean_rows(dm.reader, every), rtol=1e-12, atol=1e-12)

@@ -19,6 +19,8 @@ from conftest import make_adata
 
 from scfate.data import DataError, DataSpec, chunked, preprocess, schema, stats
 from scfate.data.prepare import prepare
+from scfate.data.pseudobulk import GroupSums
+from scfate.data.rows import RowReader
 from scfate.data.schema import CONDITION, CONTEXT, CONTROL
 from scfate.data.synthetic import simulate
 from scfate.utils.io import sha256_file
@@ -83,7 +85,7 @@ def test_de_rankings_match_rank_genes_groups(small_chunks):
             assert de[ctx][cond]["top_de"] == names[:20] and de[ctx][cond]["n_cells"] == 200
 
 
-def test_pseudobulk_deltas_are_group_mean_differences(small_chunks, monkeypatch):
+def test_group_sums_give_every_pseudobulk_mean(small_chunks, monkeypatch):
     a = log_adata(n_per=40)
     keys, codes = preprocess.condition_codes(a.obs)
 
@@ -98,14 +100,21 @@ def test_pseudobulk_deltas_are_group_mean_differences(small_chunks, monkeypatch)
     sparse_x = a.X.multiply(np.random.default_rng(0).random(a.shape) < 0.003).tocsr()
     sparse_x.eliminate_zeros()  # so few values that 4 x nnz < groups x genes in every chunk
     assert all(np.array_equal(x, y) for x, y in zip(moments_of(sparse_x).sums(), _dense(moments_of, sparse_x)))
-    deltas = stats.pseudobulk_deltas(moments, keys, CONTROL)
+    sums = GroupSums.from_moments(moments, keys)
     X = a.X.toarray().astype(np.float64)
-    def mean(ctx, cond):
-        return X[((a.obs[CONTEXT] == ctx) & (a.obs[CONDITION] == cond)).to_numpy()].mean(0)
+    def rows(ctx, cond):
+        return np.flatnonzero(((a.obs[CONTEXT] == ctx) & (a.obs[CONDITION] == cond)).to_numpy())
 
-    for ctx, cond in [("c1", "A+B"), ("c2", "C")]:
-        np.testing.assert_allclose(deltas[ctx][cond], mean(ctx, cond) - mean(ctx, CONTROL), rtol=1e-10, atol=1e-12)
-    assert set(deltas["c1"]) == {"A", "A+B", "A+D", "B", "B+C", "C"}
+    reader = RowReader(matrix=a.X)
+    for ctx, cond in [("c1", "A+B"), ("c2", "C"), ("c1", CONTROL)]:
+        cells = rows(ctx, cond)
+        np.testing.assert_allclose(sums.mean(ctx, cond, len(cells)), X[cells].mean(0), rtol=1e-12, atol=1e-14)
+        out = cells[::3]  # a group less some of its cells: its sums less theirs
+        np.testing.assert_allclose(sums.mean_without(ctx, cond, out, reader), X[np.setdiff1d(cells, out)].mean(0),
+                                   rtol=1e-10, atol=1e-12)
+    assert {cond for ctx, cond in sums.keys if ctx == "c1"} == {CONTROL, "A", "A+B", "A+D", "B", "B+C", "C"}
+    with pytest.raises(DataError, match="rebuild_data=true"):
+        sums.mean("c1", "A", n_cells=len(rows("c1", "A")) + 1)
 
 
 def _dense(moments_of, X):

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from scfate.data import schema
 from scfate.data.load import stored_layers
-from scfate.data.rows import RowReader
+from scfate.data.rows import RowReader, mean_rows
 from scfate.data.spec import DataSpec
 from scfate.data.splits import UNIT_SEP, has_context_units
 from scfate.errors import DataError, UsageError
@@ -180,8 +180,24 @@ class PerturbationDataModule(pl.LightningDataModule):
         kept_held = [holdout(g.cells, self.holdout_fraction, rng) for g in self.groups["train"]]
         self.groups["heldout"] = [replace(g, cells=out) for g, (_, out) in zip(self.groups["train"], kept_held) if len(out)]
         self.groups["train"] = [replace(g, cells=kept) for g, (kept, _) in zip(self.groups["train"], kept_held)]
+        self._heldout_cells = {(g.context, g.condition): g.cells for g in self.groups["heldout"]}
         self.encode = {(g.context, g.condition): self.encode_condition(g.context, g.perturbation, obs, g.cells[0])
                        for groups in self.groups.values() for g in groups}
+
+    def pseudobulk_mean(self, g: ConditionGroup) -> np.ndarray:
+        """Mean expression of ``g``'s cells from preparation's group sums: a whole group's as stored, a training
+        group's kept cells as its sums less those of its held-out cells (the only rows read)."""
+        sums, key = self.data.group_sums, (g.context, g.condition)
+        if len(g.cells) == sums.n_of(*key):
+            return sums.mean(*key, len(g.cells))
+        left = self._heldout_cells.get(key, g.cells)
+        if len(left) + len(g.cells) != sums.n_of(*key) or np.intersect1d(left, g.cells).size:
+            return mean_rows(self.reader, g.cells)  # some other subset (the held-out cells themselves): read it
+        return sums.mean_without(*key, left, self.reader)
+
+    def control_mean(self, context: str) -> np.ndarray:
+        """Mean expression of all of a context's control cells (kept and held out), from the group sums."""
+        return self.data.group_sums.mean(context, schema.CONTROL)
 
     @property
     def n_genes(self) -> int:

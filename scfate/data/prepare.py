@@ -24,6 +24,7 @@ from scfate._version import __version__
 from scfate.data import chunked, preprocess, schema, stats
 from scfate.data.features import PerturbationFeatures, build_drug_features, build_gene_features
 from scfate.data.load import read_h5ad, resolve_data_file
+from scfate.data.pseudobulk import GroupSums
 from scfate.data.rows import RowReader
 from scfate.data.spec import DataSpec
 from scfate.data.splits import Split, load_split, make_split, save_split
@@ -32,8 +33,8 @@ from scfate.utils.io import atomic_path, atomic_write_json, sha256_file_cached, 
 from scfate.utils.memory import release_free_memory
 
 log = logging.getLogger(__name__)
-PREP_VERSION = 1  # bump when preparation changes, to invalidate old caches (still 1: the chunked preparation gives
-# the same X, genes and DE lists as the scanpy pipeline it replaced; tests/test_out_of_core.py checks it)
+PREP_VERSION = 2  # bump when preparation changes, to invalidate old caches (2: the groups' sums are kept; the
+# chunked preparation gives the same X, genes and DE lists as the scanpy pipeline it replaced, tests/test_out_of_core.py)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PreparedData:
     meta: dict
     cache_dir: Path
     split_path: Path
+    group_sums: GroupSums  # cells and expression sums of every (context, condition): the pseudobulk means
 
     @property
     def perturbations(self) -> list[str]:
@@ -157,6 +159,7 @@ def _build(raw_path: Path, spec: DataSpec, cache_dir: Path, data_sha: str) -> No
             finally:
                 prepared.file.close()
     de = stats.de_from_moments(moments, keys, var.index, schema.CONTROL, spec.n_de_genes)
+    GroupSums.from_moments(moments, keys).save(cache_dir)  # every pseudobulk mean, without another pass
 
     meta = {"prep_version": PREP_VERSION, "scfate_version": __version__, "dataset": spec.name,
             "source": str(raw_path), "data_sha256": data_sha, "input_type": input_type,
@@ -209,4 +212,4 @@ def prepare(spec: DataSpec, data_dir: str | Path, rebuild: bool = False) -> Prep
         split_path = cache_dir / "splits" / f"{split.tag}.json"
         if not split_path.is_file():  # the tag hashes the lists: a file of that name holds this very split
             save_split(split, split_path)
-    return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path)
+    return PreparedData(spec, adata, de, features, split, meta, cache_dir, split_path, GroupSums.load(cache_dir))

@@ -174,19 +174,3 @@ def de_from_moments(moments: GroupMoments, keys: list[tuple[str, str]], var_name
                             "top_non_dropout_de": var_names[order[~dropout[order]][:n_de]].tolist(),
                             "n_cells": int(moments.n[k])}
     return out
-
-
-def group_means(moments: GroupMoments, keys: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
-    """Mean expression of every non-empty group (the pseudobulk profiles)."""
-    s, _ = moments.sums()
-    return {key: s[k] / moments.n[k] for k, key in enumerate(keys) if moments.n[k] > 0}
-
-
-def pseudobulk_deltas(moments: GroupMoments, keys: list[tuple[str, str]], control: str) -> dict[str, dict]:
-    """``{context: {condition: mean - control mean}}``: the pseudobulk shifts the prior and baselines fit."""
-    means = group_means(moments, keys)
-    out: dict[str, dict] = {}
-    for (ctx, cond), mean in means.items():
-        if cond != control and (ctx, control) in means:
-            out.setdefault(ctx, {})[cond] = mean - means[(ctx, control)]
-    return out

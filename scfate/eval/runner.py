@@ -12,7 +12,7 @@ import numpy as np
 
 from scfate.data import schema
 from scfate.data.datamodule import condition_groups
-from scfate.data.rows import RowReader, mean_rows
+from scfate.data.rows import RowReader
 from scfate.data.splits import context_unit
 from scfate.eval import metrics as M
 from scfate.eval.plotdata import PlotData, pca_picks
@@ -43,7 +43,9 @@ class EvalData:
         is_ctrl = obs[schema.IS_CONTROL].to_numpy()
         self.contexts = data.meta["contexts"]
         self.controls = {c: np.flatnonzero(is_ctrl & (ctx == c)) for c in self.contexts}
-        self.ctrl_mean = {c: mean_rows(self.reader, i) for c, i in self.controls.items()}
+        # pseudobulk means from preparation's group sums: no pass over the cells (millions, genome-wide)
+        sums = data.group_sums
+        self.ctrl_mean = {c: sums.mean(c, schema.CONTROL, len(i)) for c, i in self.controls.items()}
         self.groups = {s: condition_groups(obs, set(getattr(data.split, s))) for s in ("train", "val", "test")}
         feats, units = data.features, data.features.index()
         dose = obs[schema.DOSE].to_numpy()
@@ -57,7 +59,7 @@ class EvalData:
             return Condition(g.context, g.condition, g.perturbation, members, d, vec)
 
         self.conditions = {(g.context, g.condition): condition(g) for gs in self.groups.values() for g in gs}
-        self.means = {(g.context, g.condition): mean_rows(self.reader, g.cells)
+        self.means = {(g.context, g.condition): sums.mean(g.context, g.condition, len(g.cells))
                       for s in ("train", "val", "test") for g in self.groups[s]}
         self.de = {}
         for g in self.groups[score_set]:

@@ -31,7 +31,7 @@ def validation_cos(backbone, dm, prior_mu: torch.Tensor, decode: str, n: int = 1
                    offset: torch.Tensor | None = None) -> float:
     """Mean cosine between the validation conditions' true shift and the shift of held-out controls rotated by the
     prior's angle (the prior alone as a predictor), ``decode`` as in FlowHead.decode_rotated."""
-    rng, cos = np.random.default_rng(0), []
+    rng, cos, ctrl_means = np.random.default_rng(0), [], {}
     for g in dm.groups["val"]:
         ctx = torch.tensor(dm.contexts.index(g.context))
         ctrl = dm.heldout_controls[g.context]
@@ -43,8 +43,10 @@ def validation_cos(backbone, dm, prior_mu: torch.Tensor, decode: str, n: int = 1
             out = x + out - backbone.decode(z, ctx)
             if offset is not None:  # the expression prior's shift its angle does not decode to (lift_residual)
                 out = out + offset[dm.perturbations.index(g.perturbation), int(ctx)]
-        ctrl_mean = torch.as_tensor(mean_rows(dm.reader, ctrl), dtype=torch.float32)
-        true = torch.as_tensor(mean_rows(dm.reader, g.cells), dtype=torch.float32) - ctrl_mean
+        if g.context not in ctrl_means:  # the held-out controls' own mean (the cells rotated above)
+            ctrl_means[g.context] = torch.as_tensor(mean_rows(dm.reader, ctrl), dtype=torch.float32)
+        ctrl_mean = ctrl_means[g.context]
+        true = torch.as_tensor(dm.pseudobulk_mean(g), dtype=torch.float32) - ctrl_mean
         cos.append(float(torch.nn.functional.cosine_similarity(out.mean(0) - ctrl_mean, true, dim=0)))
     return float(np.mean(cos))
 
@@ -66,8 +68,8 @@ def control_latents(backbone, dm, n: int = 64, seed: int = 0) -> tuple[list[torc
 def perturbation_deltas(dm, split: str) -> dict[str, dict[str, torch.Tensor]]:
     """Pseudobulk shift of each perturbation of ``split`` vs its context's controls, averaged over its conditions
     (doses): {context: {perturbation: [G]}}."""
-    ctrl = {c: mean_rows(dm.reader, np.concatenate([dm.controls[c], dm.heldout_controls[c]])) for c in dm.contexts}
+    ctrl = {c: dm.control_mean(c) for c in dm.contexts}  # all of them, kept and held out
     out: dict[str, dict[str, list]] = {c: {} for c in dm.contexts}
     for g in dm.groups[split]:
-        out[g.context].setdefault(g.perturbation, []).append(mean_rows(dm.reader, g.cells) - ctrl[g.context])
+        out[g.context].setdefault(g.perturbation, []).append(dm.pseudobulk_mean(g) - ctrl[g.context])
     return {c: {p: torch.as_tensor(np.mean(v, 0), dtype=torch.float32) for p, v in d.items()} for c, d in out.items()}
