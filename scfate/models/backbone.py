@@ -14,6 +14,7 @@ import torch
 import torchmetrics
 
 from scfate.lie.factory import amplitudes, make_group
+from scfate.models.step_logging import logs_this_step
 from scfate.nn import Decoder, Encoder, mse_loss, nb_nll
 
 DEFAULT_WEIGHTS = {"recon": 1.0, "transport_mean": 1.0, "transport_dist": 0.5, "amplitude": 0.1}
@@ -96,11 +97,9 @@ class RotationAE(pl.LightningModule):
         losses = self._losses(batch)
         loss = self._total(losses)
         b = len(batch["x_ctrl"])
-        # the loss terms only on the steps the loggers write (every trainer.log_every_n_steps optimizer steps):
-        # Lightning's log() costs ~0.3 ms a call, a fifth of a backbone step's time on 2 CPU cores
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if logs_this_step(self, batch_idx):  # only where the loggers write (scfate.models.step_logging)
             self.log_dict({f"train/{k}": v for k, v in losses.items() if not k.startswith("_")}, batch_size=b)
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+            self.log("train/loss", loss, prog_bar=True, batch_size=b)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -21,6 +21,7 @@ from scfate.models.flow_sampling import (
     sample_angles_many,
     sample_cells_many,
 )
+from scfate.models.step_logging import logs_this_step
 from scfate.nn.velocity import VelocityNet
 
 
@@ -162,7 +163,8 @@ class FlowHead(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.fm_loss(batch)
-        self.log("train/fm_loss", loss, prog_bar=True, batch_size=len(batch["x_ctrl"]))
+        if logs_this_step(self, batch_idx):  # only where the loggers write (scfate.models.step_logging)
+            self.log("train/fm_loss", loss, prog_bar=True, batch_size=len(batch["x_ctrl"]))
         return loss
 
     def validation_step(self, batch, batch_idx):

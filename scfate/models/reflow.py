@@ -15,6 +15,7 @@ from scfate.errors import UsageError
 from scfate.flow import integrate
 from scfate.flow.reflow import reflow_loss
 from scfate.models.flow_head import FlowHead
+from scfate.models.step_logging import logs_this_step
 
 log = logging.getLogger("scfate")
 # the velocity net's shape: a student that overrides any of these cannot start from the teacher's weights
@@ -40,7 +41,8 @@ class ReflowStudent(FlowHead):
 
     def training_step(self, batch, batch_idx):
         loss = self.coupling_loss(batch)
-        self.log("train/reflow_loss", loss, prog_bar=True, batch_size=len(batch["theta0"]))
+        if logs_this_step(self, batch_idx):  # only where the loggers write (scfate.models.step_logging)
+            self.log("train/reflow_loss", loss, prog_bar=True, batch_size=len(batch["theta0"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
