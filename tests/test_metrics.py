@@ -83,3 +83,19 @@ def test_aggregate_never_averages_undefined_values():
     assert agg["da"] == {"mean": 0.75, "sd": pytest.approx(math.sqrt(0.125)), "n": 2, "n_undefined": 0}
     assert agg["cos"] == {"mean": 0.5, "sd": None, "n": 1, "n_undefined": 1}
     assert agg["pde"] == {"mean": None, "sd": None, "n": 0, "n_undefined": 0}
+
+
+def test_distribution_metrics_share_distances_and_equal_the_separate_metrics():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 5)), rng.normal(1.0, size=(30, 5))
+    vals, undef = M.distribution_metrics(x, y)
+    shared, _ = M.distribution_metrics(x, y, M.true_sq_dists(y))
+    assert not undef and vals == shared  # bit for bit: the same distances, computed once
+    assert vals["energy_distance"] == M.energy_distance(x, y) and vals["mmd"] == M.mmd(x, y)
+    # against the plain definitions (pairwise differences, no |x|^2 + |y|^2 - 2xy expansion)
+    d = {k: ((a[:, None] - b[None]) ** 2).sum(-1) for k, (a, b) in {"xx": (x, x), "yy": (y, y), "xy": (x, y)}.items()}
+    assert vals["energy_distance"] == pytest.approx(2 * d["xy"].mean() - d["xx"].mean() - d["yy"].mean(), rel=1e-12)
+    expected = np.mean([np.exp(-g * d["xx"]).mean() + np.exp(-g * d["yy"]).mean() - 2 * np.exp(-g * d["xy"]).mean()
+                        for g in M.MMD_GAMMAS])
+    assert vals["mmd"] == pytest.approx(expected, rel=1e-10)
+    assert M.distribution_metrics(x[:0], y) == ({}, {"energy_distance": "no cells", "mmd": "no cells"})

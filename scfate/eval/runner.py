@@ -119,6 +119,7 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
         de_idx, de_nd_idx = ed.de[key]
         ctrl_cells = ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng))
         true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
+        true_sq = M.true_sq_dists(true_pcs)  # shared by every predictor
         for name, predictor in predictors.items():
             entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
                      "subgroup": subgroup_of(ed, g.context, g.perturbation), "n_true_cells": int(len(g.cells)),
@@ -135,7 +136,7 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
             entry["notes"].extend(pred.notes)
             vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
             pred_pcs = ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng))
-            dvals, dundef = M.distribution_metrics(pred_pcs, true_pcs)
+            dvals, dundef = M.distribution_metrics(pred_pcs, true_pcs, true_sq)
             entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
             deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
             if plot is not None:
