@@ -96,6 +96,7 @@ class PairedBatches(Dataset):
         ctrl_idx = rng.choice(ctrl, b, replace=len(ctrl) < b)
         pert_idx = rng.choice(g.cells, b, replace=len(g.cells) < b)
         batch = {"x_ctrl": torch.from_numpy(self.reader(ctrl_idx)), "x_pert": torch.from_numpy(self.reader(pert_idx)),
+                 "rows_ctrl": torch.from_numpy(ctrl_idx), "rows_pert": torch.from_numpy(pert_idx),
                  **self.encode[(g.context, g.condition)]}
         if self.counts is not None:  # raw counts of the same cells, for a negative-binomial decoder
             batch["c_ctrl"] = torch.from_numpy(self.counts(ctrl_idx))

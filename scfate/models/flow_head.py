@@ -21,6 +21,7 @@ from scfate.models.flow_sampling import (
     sample_angles_many,
     sample_cells_many,
 )
+from scfate.models.latent_cache import LatentCache
 from scfate.models.step_logging import logs_this_step
 from scfate.nn.velocity import VelocityNet
 
@@ -48,6 +49,10 @@ class FlowHead(pl.LightningModule):
         self.v_net = VelocityNet(k, backbone.group.latent_dim, n_contexts, unit_features, d_embed, d_hidden,
                                  n_blocks, d_context, use_dose, dropout)
         self.history: list[dict] = []  # per-epoch validation metrics, exported as flow_metrics.jsonl
+        self.latents = LatentCache()  # the frozen backbone's latents by row (not part of the state dict)
+
+    def on_fit_start(self) -> None:
+        self.latents = LatentCache()  # rows index this fit's data: another fit may bring another matrix
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -66,12 +71,15 @@ class FlowHead(pl.LightningModule):
     def _pairs(self, batch):
         ctx = batch["context"]
         with torch.no_grad():
-            z_c = self.backbone.encode(batch["x_ctrl"], ctx).float()
-            z_p = self.backbone.encode(batch["x_pert"], ctx).float()
+            z_c = self.latents.encode(self._encode, batch["x_ctrl"], batch.get("rows_ctrl"), ctx)
+            z_p = self.latents.encode(self._encode, batch["x_pert"], batch.get("rows_pert"), ctx)
         if self.hparams.coupling == "ot":
             i, j = ot_pairs(torus_features(z_c), torus_features(z_p))
             z_c, z_p = z_c[i], z_p[j]
         return z_c, z_p
+
+    def _encode(self, x, ctx):
+        return self.backbone.encode(x, ctx).float()
 
     def fm_loss(self, batch) -> torch.Tensor:
         z_c, z_p = self._pairs(batch)
