@@ -41,6 +41,10 @@ def test_no_rows_or_over_the_bound_encodes_every_batch():
     for _ in range(3):
         assert torch.equal(small.encode(enc, cells, rows, torch.tensor(0.0)), enc(cells, torch.tensor(0.0)))
     assert not small.enabled and small.z is None and enc.calls == 6
+    grows = LatentCache(max_bytes=10 * 3 * 4)  # doubling stops at the bound, rows below it still fit
+    grows.encode(enc, cells[:6], rows[:6], torch.tensor(0.0))
+    grows.encode(enc, cells[9:10], rows[9:10], torch.tensor(0.0))
+    assert grows.enabled and len(grows.z) == 10 and bool(grows.known[:6].all() and grows.known[9])
     enc.calls = 0
     LatentCache().encode(enc, cells, None, torch.tensor(0.0))
     assert enc.calls == 1

@@ -65,10 +65,12 @@ class GroupSums:
 
     def mean_without(self, context: str, condition: str, left_out: np.ndarray, reader: RowReader) -> np.ndarray:
         """Mean of a group's cells other than ``left_out`` (row indices of that group): its sums less theirs."""
-        total = self.mean(context, condition)  # checks the group exists
-        k, m = self._index[(context, condition)], len(left_out)
+        m = len(left_out)
         if not m:
-            return total
+            return self.mean(context, condition)
+        k = self._index.get((context, condition))
+        if k is None:
+            return self.mean(context, condition)  # raises: no such group
         if m >= self.n[k]:
             raise ValueError(f"({context!r}, {condition!r}) has {self.n[k]} cells; leaving {m} out leaves none")
         left_sum = mean_rows(reader, left_out) * m

@@ -24,23 +24,24 @@ class LatentCache:
         if rows is None or not self.enabled:
             return encode(x, context)
         rows = rows.to(torch.long)
-        if self.known is not None and len(self.known) > int(rows.max()) and bool(self.known[rows].all()):
+        n_rows = int(rows.max()) + 1
+        if self.known is not None and len(self.known) >= n_rows and bool(self.known[rows].all()):
             return self.z[rows]
         z = encode(x, context)
-        if self._fit(int(rows.max()) + 1, z):
+        if self._fit(n_rows, z):
             self.z[rows] = z.detach()
             self.known[rows] = True
         return z
 
     def _fit(self, n_rows: int, z: torch.Tensor) -> bool:
+        """Room for rows ``< n_rows``: grown by doubling, up to the bound; past it the cache switches off."""
         if self.z is not None and len(self.z) >= n_rows:
             return True
-        size = max(n_rows, 2 * (0 if self.z is None else len(self.z)))
-        if size * z.shape[1] * z.element_size() > self.max_bytes:
-            size = n_rows  # no headroom, then nothing at all
-        if size * z.shape[1] * z.element_size() > self.max_bytes:
+        cap = self.max_bytes // (z.shape[1] * z.element_size())
+        if n_rows > cap:
             self.enabled, self.z, self.known = False, None, None
             return False
+        size = min(cap, max(n_rows, 2 * (0 if self.z is None else len(self.z))))
         grown = torch.zeros(size, z.shape[1], dtype=z.dtype, device=z.device)
         known = torch.zeros(size, dtype=torch.bool, device=z.device)
         if self.z is not None:
