@@ -16,6 +16,7 @@ import torchmetrics
 from scfate.lie.factory import amplitudes, make_group
 from scfate.models.step_logging import logs_this_step
 from scfate.nn import Decoder, Encoder, mse_loss, nb_nll
+from scfate.nn.optim import adamw
 
 DEFAULT_WEIGHTS = {"recon": 1.0, "transport_mean": 1.0, "transport_dist": 0.5, "amplitude": 0.1}
 
@@ -123,6 +124,5 @@ class RotationAE(pl.LightningModule):
         # each angle is updated only when its perturbation is drawn (1 / n_perturbations of the steps), so the
         # atlas gets its own, larger learning rate and no weight decay (which would pull angles towards 0)
         nets = [p for n, p in self.named_parameters() if n != "atlas"]
-        return torch.optim.AdamW([{"params": nets, "weight_decay": self.hparams.weight_decay},
-                                  {"params": [self.atlas], "lr": self.hparams.atlas_lr, "weight_decay": 0.0}],
-                                 lr=self.hparams.lr, foreach=True)  # one kernel per op for all tensors (CPU too)
+        return adamw([{"params": nets, "weight_decay": self.hparams.weight_decay},
+                      {"params": [self.atlas], "lr": self.hparams.atlas_lr, "weight_decay": 0.0}], lr=self.hparams.lr)

@@ -23,6 +23,7 @@ from scfate.models.flow_sampling import (
 )
 from scfate.models.latent_cache import LatentCache
 from scfate.models.step_logging import logs_this_step
+from scfate.nn.optim import adamw
 from scfate.nn.velocity import VelocityNet
 
 
@@ -205,5 +206,4 @@ class FlowHead(pl.LightningModule):
         self.history = [dict(r) for r in checkpoint.get("scfate_history", [])]
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.v_net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                 foreach=True)
+        return adamw(self.v_net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
