@@ -1,7 +1,7 @@
 """AdamW on torch's fused kernel wherever the parameters allow it.
 
-The fused kernel updates every parameter of a step in one pass; the ``foreach`` one makes six passes (one per
-arithmetic op) over all of them. Inside a training step of the default backbone on 2 CPU cores that is 0.8-0.9 vs
+The fused kernel updates every parameter of a step in one pass; the ``foreach`` one makes a pass per arithmetic op
+(about eight) over all of them. Inside a training step of the default backbone on 2 CPU cores that is 0.8-1.0 vs
 1.8-2.4 ms, 1-2.6 ms of a 13-18 ms step (``benchmarks/bench_optim.py``). Both compute AdamW's update, to float
 rounding (tests/test_optim.py checks the fused one against the closed form).
 """
