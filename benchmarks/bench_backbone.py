@@ -27,11 +27,26 @@ from scfate.pipelines.config import CONF_DIR  # noqa: E402
 from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
-def throughput(cfg, dm, theta_dim: int, group: str, steps: int) -> dict:
+def default_datamodule(threads: int):
+    """The default train config and its synthetic datamodule, prepared (also used by bench_optim.py)."""
+    torch.set_num_threads(threads)
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("train", overrides=[f"paths.data_dir={tempfile.mkdtemp(prefix='scfate-bench-')}"])
+    dm = instantiate(cfg.datamodule)(spec=instantiate(cfg.data), data_dir=cfg.paths.data_dir, val_mode="heldout_cells")
+    dm.prepare_data()
+    dm.setup("fit")
+    return cfg, dm
+
+
+def make_backbone(cfg, dm, **overrides):
+    """The configured backbone for ``dm``, seeded, with ``overrides`` (theta_dim, group) on the model config."""
     torch.manual_seed(0)
-    model = instantiate(cfg.model, n_genes=dm.n_genes, n_contexts=len(dm.contexts), perturbations=dm.perturbations,
-                        atlas_perturbations=list(dm.data.split.train), theta_dim=theta_dim, group=group,
-                        _convert_="all")
+    return instantiate(cfg.model, n_genes=dm.n_genes, n_contexts=len(dm.contexts), perturbations=dm.perturbations,
+                       atlas_perturbations=list(dm.data.split.train), **overrides, _convert_="all")
+
+
+def throughput(cfg, dm, theta_dim: int, group: str, steps: int) -> dict:
+    model = make_backbone(cfg, dm, theta_dim=theta_dim, group=group)
     opt = model.configure_optimizers()
     loader = iter(dm.train_dataloader())
     warmup = 5
@@ -55,12 +70,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=[f"paths.data_dir={tempfile.mkdtemp(prefix='scfate-bench-')}"])
-    dm = instantiate(cfg.datamodule)(spec=instantiate(cfg.data), data_dir=cfg.paths.data_dir, val_mode="heldout_cells")
-    dm.prepare_data()
-    dm.setup("fit")
+    cfg, dm = default_datamodule(args.threads)
     throughput(cfg, dm, 32, "torus", 20)  # process warm-up (thread pools, allocator, page cache), not reported
     rows = []
     for k, g in ((32, "torus"), (192, "torus"), (32, "so")):

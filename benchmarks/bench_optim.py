@@ -13,26 +13,22 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scfate.pipelines.config import CONF_DIR  # noqa: E402
+from bench_backbone import default_datamodule, make_backbone  # noqa: E402  (beside this script)
+
 from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def build(cfg, dm, which: str):
-    torch.manual_seed(0)
-    backbone = instantiate(cfg.model, n_genes=dm.n_genes, n_contexts=len(dm.contexts),
-                           perturbations=dm.perturbations, atlas_perturbations=list(dm.data.split.train),
-                           _convert_="all")
+    backbone = make_backbone(cfg, dm)
     if which == "backbone":
         return backbone, lambda b: backbone._total(backbone._losses(b))
     feats = torch.as_tensor(dm.data.features.matrix, dtype=torch.float32)
@@ -66,12 +62,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("train", overrides=[f"paths.data_dir={tempfile.mkdtemp(prefix='scfate-bench-')}"])
-    dm = instantiate(cfg.datamodule)(spec=instantiate(cfg.data), data_dir=cfg.paths.data_dir, val_mode="heldout_cells")
-    dm.prepare_data()
-    dm.setup("fit")
+    cfg, dm = default_datamodule(args.threads)
     timed(cfg, dm, "backbone", True, 10)  # process warm-up (thread pools, allocator), not reported
     rows = []
     for which in ("backbone", "flow head"):
