@@ -154,9 +154,17 @@ def test_rotation_sum_decodes_the_members_summed_angles(tmp_path):
         expected = model.transport(torch.as_tensor(x), torch.tensor(0), theta).double().numpy()
     pred = RotationSum(model, dm.contexts).predict(pair, x)
     np.testing.assert_allclose(pred.cells, expected, atol=1e-6)
+    single = Condition(pair.context, singles[0], singles[0], [singles[0]], np.nan, np.zeros(1))
     with pytest.raises(NotPredictable, match="combination"):
-        RotationSum(model, dm.contexts).predict(Condition(pair.context, singles[0], singles[0], [singles[0]], np.nan,
-                                                          np.zeros(1)), x)
+        RotationSum(model, dm.contexts).predict(single, x)
+    # many conditions at once, each on its own cells: one stacked transport, the same cells, the refusal in place
+    other = Condition(dm.contexts[-1], pair.condition, pair.perturbation, pair.members, np.nan, np.zeros(1))
+    xs = [x, x[:5], dm.reader(dm.controls[dm.contexts[-1]][:6]), x[2:]]
+    many = RotationSum(model, dm.contexts).predict_each([pair, single, other, pair], xs)
+    assert isinstance(many[1], NotPredictable)
+    for got, c, xc in zip([many[0], many[2], many[3]], [pair, other, pair], [xs[0], xs[2], xs[3]]):
+        np.testing.assert_allclose(got.cells, RotationSum(model, dm.contexts).predict(c, xc).cells, atol=1e-6)
+        assert got.cells.shape == xc.shape
 
 
 def test_interaction_cosine_scores_only_the_part_beyond_the_reference():

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 from test_entrypoints import run
 from test_prepare import user_embedding
 
@@ -17,6 +18,7 @@ from scfate.eval import metrics as M
 from scfate.eval.predictions import AnnDataPredictions
 from scfate.eval.results import build_eval_json, read_eval_json, write_eval_json
 from scfate.eval.runner import evaluate
+from scfate.models.predictor import Prediction, Predictor
 from scfate.prior.baselines import make_baseline
 
 GENES = [f"G{i}" for i in range(30)]
@@ -127,3 +129,49 @@ def test_evaluate_py_refuses_what_it_cannot_do(tmp_path):
     assert "No flow-head checkpoint at 'model.pt'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(["evaluate.py", "baseline=gears"], tmp_path, expect=2)
     assert "baseline='gears' is not a baseline" in proc.stderr
+
+
+class NoisyAdditive(Predictor):
+    """The additive baseline plus noise from torch's global RNG, predicted in batches: what the runner's windows
+    must handle for the flow (a batched predictor drawing global random numbers) without changing a score."""
+
+    name = "noisy_additive"
+
+    def __init__(self):
+        self.inner, self.batches = make_baseline("additive"), []
+
+    def fit(self, pb):
+        super().fit(pb)
+        self.inner.fit(pb)
+
+    def predict(self, cond, ctrl_cells):
+        p = self.inner.predict(cond, ctrl_cells)
+        return Prediction(p.mean, p.cells + torch.randn(p.cells.shape, dtype=torch.float64).numpy())
+
+    def predict_each(self, conds, ctrl_cells):
+        self.batches.append(len(conds))
+        return super().predict_each(conds, ctrl_cells)
+
+
+def test_batched_predictors_score_a_window_at_once_as_one_at_a_time(scored, monkeypatch):
+    from scfate.eval import runner
+
+    data, _ = scored
+
+    def run(seed):
+        ed = runner.EvalData(data, n_cells=40, seed=0)
+        predictors = {"noisy": NoisyAdditive(), "additive": make_baseline("additive")}
+        for p in predictors.values():
+            p.fit(ed.pseudobulk())
+        torch.manual_seed(seed)
+        return runner.score_many(ed, predictors), predictors["noisy"].batches
+
+    windowed, sizes = run(0)
+    assert sizes == [4]  # every test condition in one window
+    monkeypatch.setattr(runner, "WINDOW_VALUES", 1)
+    single, sizes = run(0)
+    assert sizes == [1, 1, 1, 1]
+    for name in ("noisy", "additive"):
+        assert windowed[name]["per_perturbation"] == single[name]["per_perturbation"]
+    other, _ = run(1)  # the noise does reach the scores: another torch seed changes them
+    assert other["noisy"]["overall"]["mmd"] != single["noisy"]["overall"]["mmd"]

@@ -21,6 +21,9 @@ from scfate.prior.baselines import DEFAULT_BASELINES, make_baseline
 from scfate.utils.progress import Progress
 
 log = logging.getLogger(__name__)
+# numbers (float64) held per window of test conditions: 128 MiB, a few dozen conditions of 300 cells x 2,000 genes
+# (enough to fill the flow's stacked solves, flow_sampling.MAX_ROWS), a handful at 8,000 genes
+WINDOW_VALUES = 2 ** 24
 
 
 def sample(idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,44 +109,33 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
     ``reference`` (a name in ``predictors``, e.g. ``additive``): each combination also gets ``interaction_cos``,
     the cosine between predicted and true shift beyond the reference's, i.e. whether the non-additive part is right.
     ``plot`` (scfate.eval.plotdata) keeps what the plots beside the eval JSON need; it draws no random numbers, so
-    the scores are the same with or without it."""
+    the scores are the same with or without it.
+
+    A predictor with its own ``predict_each`` (the flow) predicts a window of conditions in one stacked pass
+    (:func:`window_size`); the others predict condition by condition after it. A window draws its cells in the
+    usual order and a flow draws its source noise condition by condition, so the scores are those of one condition
+    at a time as long as at most one predictor draws from torch's global RNG (evaluation's model alone, or a model
+    beside baselines and its prior-only twin) and none returns more cells than it was given controls."""
     entries = {n: {} for n in predictors}
     deltas = {n: {} for n in predictors}
     # a flow predicts hundreds of cells per condition: on a large test set this pass takes minutes
     names = [getattr(p, "name", n) if n == "model" else n for n, p in predictors.items()]
     label = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    progress = Progress(len(ed.groups[ed.score_set]), f"scoring {label}", unit="conditions")
-    for g in ed.groups[ed.score_set]:
-        key = (g.context, g.condition)
-        cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
-        de_idx, de_nd_idx = ed.de[key]
-        ctrl_cells = ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng))
-        true_pcs = ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng)))
-        true_sq = M.true_sq_dists(true_pcs)  # shared by every predictor
-        for name, predictor in predictors.items():
-            entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
-                     "subgroup": subgroup_of(ed, g.context, g.perturbation), "n_true_cells": int(len(g.cells)),
-                     "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
-                     "undefined": {}, "notes": []}
-            if len(de_idx) < M.N_DE:
-                entry["notes"].append(f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those")
-            entries[name][f"{g.context}/{g.condition}"] = entry
-            try:
-                pred = predictor.predict(cond, ctrl_cells)
-            except NotPredictable as exc:
-                entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
-                continue
-            entry["notes"].extend(pred.notes)
-            vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
-            pred_pcs = ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng))
-            dvals, dundef = M.distribution_metrics(pred_pcs, true_pcs, true_sq)
-            entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
-            deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
-            if plot is not None:
-                plot.add_shift(name, f"{g.context}/{g.condition}", entry["subgroup"], de_idx, *deltas[name][key])
-                if plot.wants_cells(name, g.context, g.condition):
-                    plot.add_cells(f"{g.context}/{g.condition}", pred_pcs, true_pcs, ed.pca.transform(ctrl_cells))
-        progress.step()
+    groups = ed.groups[ed.score_set]
+    progress = Progress(len(groups), f"scoring {label}", unit="conditions")
+    batched = [n for n, p in predictors.items() if type(p).predict_each is not Predictor.predict_each]
+    window = window_size(ed, len(batched))
+    for start in range(0, len(groups), window):
+        # each condition's control and true cells, drawn in the order (ctrl, true, ctrl, true, ...) they always were
+        drawn = [(g, ed.reader(sample(ed.controls[g.context], ed.n_cells, ed.rng)),
+                  ed.pca.transform(ed.reader(sample(g.cells, ed.n_cells, ed.rng))))
+                 for g in groups[start:start + window]]
+        conds = [ed.conditions[(g.context, g.condition)] for g, *_ in drawn]
+        ahead = {n: predictors[n].predict_each(conds, [ctrl for _, ctrl, _ in drawn]) for n in batched}
+        for j, (g, ctrl_cells, true_pcs) in enumerate(drawn):
+            _score_condition(ed, g, ctrl_cells, true_pcs, predictors, {n: p[j] for n, p in ahead.items()},
+                             entries, deltas, plot)
+            progress.step()
     if reference is not None:
         _add_interaction(ed, entries, deltas, reference)
     out = {}
@@ -157,6 +149,49 @@ def score_many(ed: EvalData, predictors: dict[str, Predictor], reference: str | 
                      "by_subgroup": {s: M.aggregate([e for e in es.values() if e["subgroup"] == s]) for s in groups},
                      "per_perturbation": es}
     return out
+
+
+def _score_condition(ed: EvalData, g, ctrl_cells, true_pcs, predictors: dict[str, Predictor], ahead: dict,
+                     entries: dict, deltas: dict, plot: PlotData | None) -> None:
+    key = (g.context, g.condition)
+    cond, ctrl_mean = ed.conditions[key], ed.ctrl_mean[g.context]
+    de_idx, de_nd_idx = ed.de[key]
+    true_sq = M.true_sq_dists(true_pcs)  # shared by every predictor
+    for name, predictor in predictors.items():
+        entry = {"context": g.context, "condition": g.condition, "perturbation": g.perturbation,
+                 "subgroup": subgroup_of(ed, g.context, g.perturbation), "n_true_cells": int(len(g.cells)),
+                 "n_de": int(len(de_idx)), "n_de_non_dropout": int(len(de_nd_idx)), "metrics": {},
+                 "undefined": {}, "notes": []}
+        if len(de_idx) < M.N_DE:
+            entry["notes"].append(f"only {len(de_idx)} DE genes (fewer than {M.N_DE}): DA/PDE/MSE use those")
+        entries[name][f"{g.context}/{g.condition}"] = entry
+        try:
+            pred = ahead[name] if name in ahead else predictor.predict(cond, ctrl_cells)
+            if isinstance(pred, NotPredictable):
+                raise pred
+        except NotPredictable as exc:
+            entry["undefined"] = {m: f"not defined: {exc}" for m in M.ALL_METRICS}
+            continue
+        entry["notes"].extend(pred.notes)
+        vals, undef = M.mean_metrics(ctrl_mean, ed.means[key], pred.mean, de_idx, de_nd_idx)
+        pred_pcs = ed.pca.transform(sample_rows(pred.cells, ed.n_cells, ed.rng))
+        dvals, dundef = M.distribution_metrics(pred_pcs, true_pcs, true_sq)
+        entry["metrics"], entry["undefined"] = {**vals, **dvals}, {**undef, **dundef}
+        deltas[name][key] = (pred.mean - ctrl_mean, ed.means[key] - ctrl_mean)
+        if plot is not None:
+            plot.add_shift(name, f"{g.context}/{g.condition}", entry["subgroup"], de_idx, *deltas[name][key])
+            if plot.wants_cells(name, g.context, g.condition):
+                plot.add_cells(f"{g.context}/{g.condition}", pred_pcs, true_pcs, ed.pca.transform(ctrl_cells))
+
+
+def window_size(ed: EvalData, n_batched: int) -> int:
+    """Test conditions drawn and predicted together when some predictor predicts in batches (``predict_each``):
+    as many as keep the window's control cells and every batched predictor's cells within WINDOW_VALUES numbers;
+    one when none does, so sequential predictors see the very draws, in the very order, they always did."""
+    if not n_batched:
+        return 1
+    per_condition = ed.n_cells * len(ed.genes) * (1 + n_batched)
+    return max(1, WINDOW_VALUES // per_condition)
 
 
 def _add_interaction(ed: EvalData, entries: dict, deltas: dict, reference: str) -> None:

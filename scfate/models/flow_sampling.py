@@ -9,7 +9,9 @@ latents are decoded in large batches. ``anchor=prior`` with ``spread=0`` puts ev
 whatever the ODE does, so the ODE is skipped there (its source noise is still drawn, so the RNG moves on as before).
 
 Row ``p * B + i`` of a stacked tensor is perturbation ``p``, control cell ``i``. Results equal the one-at-a-time
-path to float rounding (tests/test_predict_speed.py checks 1e-5).
+path to float rounding (tests/test_predict_speed.py checks 1e-5). Control batches come *shared* (``x [B, G]``: every
+perturbation on the same cells, the API's case) or *paired* (``x [P, B, G]``: perturbation ``p`` on its own cells
+``x[p]``, the evaluation's case, where each test condition draws its own controls): either way one stacked solve.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Controls:
     """A control batch encoded once (FlowHead.encode_controls) and reused for every perturbation and step.
 
     ``x [B, G]`` the cells, ``context`` their context index (0-dim), ``z [B, 2k]`` float32 latents, ``base [B, G]``
-    ``x - D(z)`` under ``decode=residual`` (None for ``direct``)."""
+    ``x - D(z)`` under ``decode=residual`` (None for ``direct``). Paired: a leading ``[P]`` on ``x``, ``z`` and
+    ``base``, one batch of B cells per perturbation (``len`` is still B, the cells per perturbation)."""
 
     x: Tensor
     context: Tensor
@@ -46,12 +49,27 @@ class Controls:
     base: Tensor | None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.x.shape[-2])
+
+    @property
+    def paired(self) -> bool:
+        return self.x.dim() == 3
 
     def take(self, rows) -> Controls:
         """The same encoding for a subset (or a resample, with repeats) of the cells: nothing is recomputed."""
+        if self.paired:
+            raise ValueError("take() resamples a shared control batch; index a paired one with pick()")
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.x.device)
         return Controls(self.x[rows], self.context, self.z[rows], None if self.base is None else self.base[rows])
+
+    def pick(self, batches) -> Controls:
+        """Paired: the batches of these perturbations (a list of indices, or a slice), still paired."""
+        return Controls(self.x[batches], self.context, self.z[batches],
+                        None if self.base is None else self.base[batches])
+
+    def item(self, p: int) -> Controls:
+        """Paired: perturbation ``p``'s own batch, as a shared one."""
+        return Controls(self.x[p], self.context, self.z[p], None if self.base is None else self.base[p])
 
 
 @dataclass
@@ -67,12 +85,15 @@ class Request:
 
 
 def encode_controls(head, x: Tensor, context: Tensor) -> Controls:
-    z = head.backbone.encode(x, context).float()
+    """``x [B, G]`` (shared) or ``[P, B, G]`` (paired), encoded (and ``D(z)`` decoded) MAX_ROWS rows per call."""
+    flat, bb, step = x.reshape(-1, x.shape[-1]), head.backbone, max_rows(x)
+    chunks = [flat[i:i + step] for i in range(0, len(flat), step)] or [flat]
+    z = torch.cat([bb.encode(c, context).float() for c in chunks])
     base = None
     if head.hparams.decode == "residual":
-        dz = head.backbone.decode(z, context)
-        base = x.to(dz.dtype) - dz
-    return Controls(x, context, z, base)
+        dz = torch.cat([bb.decode(zc, context) for zc in z.split(step)]) if len(z) else bb.decode(z, context)
+        base = (flat.to(dz.dtype) - dz).view(*x.shape[:-1], -1)
+    return Controls(x, context, z.view(*x.shape[:-1], -1), base)
 
 
 def _mean_angle(head, r: Request) -> Tensor:
@@ -81,9 +102,9 @@ def _mean_angle(head, r: Request) -> Tensor:
 
 def sample_angles_many(head, z: Tensor, context: Tensor, requests: list[Request], n_steps: int | None = None,
                        generator: torch.Generator | None = None) -> Tensor:
-    """Final angles ``[P, B, k]`` of every request on the control latents ``z [B, 2k]`` (FlowHead.sample_angles for
-    each request in turn, with the same source draws in the same order)."""
-    hp, group, b = head.hparams, head.path.group, len(z)
+    """Final angles ``[P, B, k]`` of every request on the control latents ``z [B, 2k]`` (or paired, ``[P, B, 2k]``)
+    (FlowHead.sample_angles for each request in turn, with the same source draws in the same order)."""
+    hp, group, b = head.hparams, head.path.group, z.shape[-2]
     theta0 = torch.cat([head._source(r.perturbation, b, r.theta_mu, generator) for r in requests])
     mu = torch.stack([_mean_angle(head, r).expand(b, -1) for r in requests])  # [P, B, k]
     per_perturbation = all(r.theta_mu is None or r.theta_mu.reshape(-1).shape == mu.shape[-1:] for r in requests)
@@ -110,20 +131,28 @@ def decode_many(head, theta: Tensor, c: Controls) -> Tensor:
     """``D(R(theta) z)`` (+ the residual base) for stacked angles ``[P, B, k]`` -> ``[P, B, G]``, in chunks."""
     p, b = theta.shape[:2]
     flat, out, step = theta.reshape(p * b, -1), [], max_rows(theta)
+    # angle row r acts on latent r mod len(z): a shared batch's cell, or (paired, P | p) its own batch's
+    z = c.z.reshape(-1, c.z.shape[-1])
     for start in range(0, p * b, step):
         rows = torch.arange(start, min(start + step, p * b), device=flat.device)
-        out.append(head.backbone.decode(head.backbone.group.act(flat[rows], c.z[rows % b]), c.context))
+        out.append(head.backbone.decode(head.backbone.group.act(flat[rows], z[rows % len(z)]), c.context))
     cells = torch.cat(out).view(p, b, -1)
-    return cells if c.base is None else cells + c.base.to(cells.dtype)
+    if c.base is None:
+        return cells
+    base = c.base.to(cells.dtype)
+    return (cells.view(-1, *base.shape) + base).view(p, b, -1)
 
 
 def sample_cells_many(head, c: Controls, requests: list[Request], n_steps: int | None = None,
                       generator: torch.Generator | None = None) -> Tensor:
     """One predicted cell per control cell for every request: ``[P, B, G]`` (FlowHead.sample_cells for each in
-    turn). Requests go through the ODE and the decoder MAX_ROWS rows at a time, in order (the same source draws)."""
+    turn), on shared controls or paired ones (request ``p`` on ``c.x[p]``). Requests go through the ODE and the
+    decoder MAX_ROWS rows at a time, in order (the same source draws)."""
+    if c.paired and c.x.shape[0] != len(requests):
+        raise ValueError(f"{c.x.shape[0]} paired control batches for {len(requests)} requests")
     per = max(1, max_rows(c.z) // max(1, len(c)))
-    return torch.cat([_cells(head, c, requests[i:i + per], n_steps, generator)
-                      for i in range(0, len(requests), per)])
+    return torch.cat([_cells(head, c.pick(slice(i, i + per)) if c.paired else c, requests[i:i + per], n_steps,
+                             generator) for i in range(0, len(requests), per)])
 
 
 def _cells(head, c: Controls, requests: list[Request], n_steps, generator) -> Tensor:
@@ -146,5 +175,5 @@ def _cells(head, c: Controls, requests: list[Request], n_steps, generator) -> Te
             prior = cells[len(requests) + p]
             prior = prior if offset is None or hp.decode != "residual" else prior + offset.to(cells.dtype)
             x = x - x.mean(0) + prior.mean(0)
-        out.append(head.anchor_to_delta(x, c.x, r.perturbation, c.context))
+        out.append(head.anchor_to_delta(x, c.x[p] if c.paired else c.x, r.perturbation, c.context))
     return torch.stack(out)

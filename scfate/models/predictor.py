@@ -8,12 +8,13 @@ and the router's mixtures all implement ``Predictor``; the evaluation runner, th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import numpy as np
 import torch
 
 from scfate.errors import UsageError
-from scfate.models.flow_sampling import Controls, Request
+from scfate.models.flow_sampling import Controls, Request, max_rows
 
 
 class NotPredictable(ValueError):
@@ -69,6 +70,18 @@ class Predictor:
     def predict_delta(self, cond: Condition) -> tuple[np.ndarray, list[str]]:
         raise NotPredictable(f"{self.name} predicts cells directly")
 
+    def predict_each(self, conds: list[Condition], ctrl_cells: list[np.ndarray]) -> list[Prediction | NotPredictable]:
+        """``predict`` of each condition on its own control cells, in order; a condition it cannot predict gives
+        its NotPredictable in its place. A predictor that overrides this predicts them as one batch, and the
+        evaluation runner then hands it many conditions at once (scfate.eval.runner)."""
+        out: list[Prediction | NotPredictable] = []
+        for cond, cells in zip(conds, ctrl_cells, strict=True):
+            try:
+                out.append(self.predict(cond, cells))
+            except NotPredictable as exc:
+                out.append(exc)
+        return out
+
 
 class FlowPredictor(Predictor):
     """The flow head as a predictor (one predicted cell per control cell), for evaluation, the router, reflow and
@@ -122,6 +135,39 @@ class FlowPredictor(Predictor):
         out = [self._prior_alone(r, controls) if a else next(sampled) for r, a in zip(requests, alone)]
         return [Prediction(o.mean(0), o) for o in (o.double().numpy() for o in out)]
 
+    @torch.no_grad()
+    def predict_each(self, conds: list[Condition], ctrl_cells: list[np.ndarray]) -> list[Prediction | NotPredictable]:
+        """``predict`` of each condition on its own control cells, stacked: each run of consecutive conditions of
+        one context and batch size is encoded, solved and decoded as one paired batch (flow_sampling), the source
+        noise drawn condition by condition in order, as that many ``predict`` calls would draw it."""
+        out: list[Prediction | NotPredictable] = []
+        for _, run in groupby(zip(conds, ctrl_cells, strict=True), key=lambda c: (c[0].context, np.shape(c[1]))):
+            cs, xs = zip(*run)
+            out.extend(self._predict_paired(list(cs), list(xs)))
+        return out
+
+    def _predict_paired(self, conds: list[Condition], ctrl_cells: list[np.ndarray]) -> list:
+        controls = self.encode(np.stack(ctrl_cells), conds[0].context)
+        out, requests, flow = [], {}, []
+        for p, cond in enumerate(conds):
+            try:
+                requests[p] = self._request(cond, controls.item(p))
+            except NotPredictable as exc:
+                out.append(exc)
+                continue
+            out.append(None)
+            if not (self.prior_only and requests[p].perturbation is not None):
+                flow.append(p)
+        paired = controls if len(flow) == len(conds) else controls.pick(flow)
+        sampled = self.head.sample_cells_many(paired, [requests[p] for p in flow], self.n_steps,
+                                              self.generator) if flow else []
+        cells = dict(zip(flow, sampled))
+        for p, r in requests.items():
+            o = cells[p] if p in cells else self._prior_alone(r, controls.item(p))
+            o = o.double().numpy()
+            out[p] = Prediction(o.mean(0), o)
+        return out
+
     def _request(self, cond: Condition, controls: Controls) -> Request:
         members = torch.tensor([self.units[m] for m in cond.members])
         dose = torch.tensor(np.log10(cond.dose) if np.isfinite(cond.dose) else 0.0, dtype=torch.float32)
@@ -152,14 +198,46 @@ class BackboneOracle(Predictor):
         self.model, self.contexts = model.eval(), contexts
         self.index = {p: i for i, p in enumerate(model.hparams.perturbations)}
 
-    @torch.no_grad()
-    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+    def theta(self, cond: Condition) -> torch.Tensor:
+        """The angle ``cond`` acts by: its learned atlas angle."""
         if cond.perturbation not in set(self.model.hparams.atlas_perturbations):
             raise NotPredictable(f"{cond.perturbation!r} has no learned angle (not a training perturbation)")
-        ctx = torch.tensor(self.contexts.index(cond.context))
-        theta = self.model.theta_bar(torch.tensor(self.index[cond.perturbation]))
-        x = self.model.transport(torch.as_tensor(ctrl_cells, dtype=torch.float32), ctx, theta).double().numpy()
-        return Prediction(x.mean(0), x)
+        return self.model.theta_bar(torch.tensor(self.index[cond.perturbation]))
+
+    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+        out = self.predict_each([cond], [ctrl_cells])[0]
+        if isinstance(out, NotPredictable):
+            raise out
+        return out
+
+    @torch.no_grad()
+    def predict_each(self, conds: list[Condition], ctrl_cells: list[np.ndarray]) -> list[Prediction | NotPredictable]:
+        """Every condition on its own control cells, those of one context encoded and decoded together (in calls
+        of flow_sampling.MAX_ROWS rows): no random numbers, the same cells as one call each to float rounding."""
+        out: list[Prediction | NotPredictable] = []
+        for context, run in groupby(zip(conds, ctrl_cells, strict=True), key=lambda c: c[0].context):
+            run = list(run)
+            thetas = []
+            for cond, _ in run:
+                try:
+                    thetas.append(self.theta(cond))
+                except NotPredictable as exc:
+                    thetas.append(exc)
+            ok = [i for i, t in enumerate(thetas) if not isinstance(t, NotPredictable)]
+            cells = self._transport(context, [run[i][1] for i in ok], [thetas[i] for i in ok])
+            done = dict(zip(ok, cells))
+            out.extend(Prediction(done[i].mean(0), done[i]) if i in done else thetas[i] for i in range(len(run)))
+        return out
+
+    def _transport(self, context: str, xs: list[np.ndarray], thetas: list[torch.Tensor]) -> list[np.ndarray]:
+        if not xs:
+            return []
+        ctx, sizes = torch.tensor(self.contexts.index(context)), [len(x) for x in xs]
+        x = torch.as_tensor(np.concatenate(xs), dtype=torch.float32)
+        theta = torch.cat([t.expand(n, -1) for t, n in zip(thetas, sizes)])
+        step = max_rows(x)
+        cells = torch.cat([self.model.transport(x[i:i + step], ctx, theta[i:i + step]) for i in range(0, len(x), step)])
+        return np.split(cells.double().numpy(), np.cumsum(sizes)[:-1])
 
 
 class RotationTransfer(BackboneOracle):
@@ -178,12 +256,8 @@ class RotationSum(BackboneOracle):
 
     name = "rotation_sum"
 
-    @torch.no_grad()
-    def predict(self, cond: Condition, ctrl_cells: np.ndarray) -> Prediction:
+    def theta(self, cond: Condition) -> torch.Tensor:
         atlas = set(self.model.hparams.atlas_perturbations)
         if len(cond.members) < 2 or not all(m in atlas for m in cond.members):
             raise NotPredictable("rotation_sum composes a combination of members trained as singles")
-        ctx = torch.tensor(self.contexts.index(cond.context))
-        theta = sum(self.model.theta_bar(torch.tensor(self.index[m])) for m in cond.members)
-        x = self.model.transport(torch.as_tensor(ctrl_cells, dtype=torch.float32), ctx, theta).double().numpy()
-        return Prediction(x.mean(0), x)
+        return sum(self.model.theta_bar(torch.tensor(self.index[m])) for m in cond.members)

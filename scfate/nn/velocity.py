@@ -78,13 +78,15 @@ class VelocityNet(nn.Module):
 
     def condition(self, e_p: torch.Tensor, z_c: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The input layer's part that no ODE step changes, for :meth:`step_velocity`: ``e_p [P, d_embed]`` (one row
-        per perturbation), ``z_c [B, latent_dim]`` and their context (0-dim or [B]) -> ``[P * B, d_hidden]``, row
-        ``p * B + i`` for perturbation p and cell i. Sampling calls the network n_steps times with the same
-        conditioning, and these columns are most of the input layer: computed once, not at every step."""
+        per perturbation), ``z_c [B, latent_dim]`` (shared by every perturbation) or ``[P, B, latent_dim]`` (each
+        its own cells) and their context (0-dim or [B]) -> ``[P * B, d_hidden]``, row ``p * B + i`` for
+        perturbation p and cell i. Sampling calls the network n_steps times with the same conditioning, and these
+        columns are most of the input layer: computed once, not at every step."""
         _, _, w_e, w_z, w_c = self.inp.weight.split(self._widths, dim=1)
-        ctx = self.context(context.expand(len(z_c)) if context.dim() == 0 else context)
-        cells = F.linear(z_c, w_z) + F.linear(ctx, w_c, self.inp.bias)  # [B, H]: shared by every perturbation
-        return (cells.unsqueeze(0) + F.linear(e_p, w_e).unsqueeze(1)).flatten(0, 1)
+        ctx = self.context(context.expand(z_c.shape[-2]) if context.dim() == 0 else context)
+        cells = F.linear(z_c, w_z) + F.linear(ctx, w_c, self.inp.bias)  # [B, H] or [P, B, H]
+        cells = cells.unsqueeze(0) if z_c.dim() == 2 else cells
+        return (cells + F.linear(e_p, w_e).unsqueeze(1)).flatten(0, 1)
 
     def step_velocity(self, theta: torch.Tensor, t: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """``forward`` with the step-invariant input precomputed by :meth:`condition`: ``theta [P * B, k]``, ``t`` 0-dim
