@@ -1,5 +1,5 @@
-"""Timing and ODE-endpoint helpers of benchmarks/bench_reflow.py: seconds per 10k predicted cells (own or shared
-control cells, or through the sampler as it was before issue 14) and each variant's endpoint error against the
+"""Timing and ODE-endpoint helpers of benchmarks/bench_reflow.py: seconds per 10k predicted cells (own control
+cells one condition at a time or stacked, shared control cells, or through the sampler as it was before issue 14) and each variant's endpoint error against the
 teacher's 128-step solve."""
 
 from __future__ import annotations
@@ -36,6 +36,21 @@ def time_shared_per_10k(head, shared, n_steps: int) -> float:
     with torch.no_grad():
         for x, ctx, reqs in shared:
             head.sample_cells_many(head.encode_controls(x, ctx), reqs, n_steps)
+    return (time.perf_counter() - start) * 10_000 / total
+
+
+def time_stacked_per_10k(head, predictor_inputs, n_steps: int) -> float:
+    """Seconds per 10,000 cells with each condition on its own control cells, as evaluation now predicts them
+    (``FlowPredictor.predict_each``): the conditions of a context encoded, solved and decoded as one paired batch."""
+    from scfate.models.flow_sampling import Request
+
+    total = sum(len(x) for x, *_ in predictor_inputs)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for c in sorted({int(ctx) for _, ctx, *_ in predictor_inputs}):
+            rows = [i for i in predictor_inputs if int(i[1]) == c]
+            controls = head.encode_controls(torch.stack([x for x, *_ in rows]), rows[0][1])
+            head.sample_cells_many(controls, [Request(p, m, d) for _, _, p, m, d in rows], n_steps)
     return (time.perf_counter() - start) * 10_000 / total
 
 
