@@ -86,3 +86,5 @@ def test_paired_controls_refuse_a_mismatch():
         head.sample_cells_many(controls, [request])
     with pytest.raises(ValueError, match="pick"):
         controls.take([0, 1])
+    with pytest.raises(ValueError, match="one context per control batch"):
+        head.encode_controls(torch.rand(10, G), torch.zeros(10, dtype=torch.long))

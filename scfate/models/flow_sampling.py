@@ -86,6 +86,9 @@ class Request:
 
 def encode_controls(head, x: Tensor, context: Tensor) -> Controls:
     """``x [B, G]`` (shared) or ``[P, B, G]`` (paired), encoded (and ``D(z)`` decoded) MAX_ROWS rows per call."""
+    if context.dim():  # the chunks below and decode_many pass one context with every chunk of rows
+        raise ValueError(f"one context per control batch (a 0-dim index), got a context of shape "
+                         f"{tuple(context.shape)}: encode each context's cells separately")
     flat, bb, step = x.reshape(-1, x.shape[-1]), head.backbone, max_rows(x)
     chunks = [flat[i:i + step] for i in range(0, len(flat), step)] or [flat]
     z = torch.cat([bb.encode(c, context).float() for c in chunks])
