@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,19 @@ from scfate.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 
 def peak_memory_of_default_run(tmp: Path) -> tuple[float, float]:
-    """(max RSS in MiB, wall seconds) of `python train.py` in a child process (ru_maxrss of children: KiB)."""
+    """(max RSS in MiB, wall seconds) of `python train.py` in a child process: that child's own rusage (os.wait4;
+    RUSAGE_CHILDREN would be the largest of every child this process has waited for). ru_maxrss is in KiB."""
     cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp / 'run'}", f"paths.data_dir={tmp / 'data'}",
            f"paths.artifacts_dir={tmp / 'artifacts'}"]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, time.perf_counter() - start
+    with open(tmp / "train.log", "wb") as log:  # a file, not a pipe: nothing reads a pipe while wait4 blocks
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        tail = (tmp / "train.log").read_text(errors="replace")[-2000:]
+        raise subprocess.CalledProcessError(proc.returncode, cmd, output=tail)
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
 def main() -> None:

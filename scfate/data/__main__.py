@@ -4,6 +4,7 @@ from pathlib import Path
 
 from scfate.errors import hydra_entry
 
+# also scfate.pipelines.config.CONF_DIR: this entry point sits in the data layer, which may not import pipelines
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
