@@ -124,6 +124,61 @@ def test_couplings_batch_by_index_and_round_trip(tmp_path):
     assert len(back) == n and torch.equal(back.theta1, c.theta1)
 
 
+def test_coupling_batches_are_keyed_by_seed_and_epoch_alone():
+    """The order of an epoch does not depend on the epochs iterated before it (a resumed run iterates none), and
+    the epoch is read at the first batch (Lightning makes a resumed run's first iterator before set_epoch)."""
+    from scfate.models.couplings import EpochBatches
+
+    def epoch(sampler, e):
+        it = iter(sampler)
+        sampler.set_epoch(e)
+        return list(it)
+
+    walked = EpochBatches(10, 4, seed=7)
+    orders = [epoch(walked, e) for e in range(3)]
+    assert epoch(EpochBatches(10, 4, seed=7), 2) == orders[2]  # a fresh sampler straight at epoch 2
+    assert orders[0] != orders[1] and epoch(EpochBatches(10, 4, seed=8), 0) != orders[0]
+    assert len(walked) == 2 and all(len(b) == 4 and len(set(b)) == 4 for b in orders[0])  # drop_last
+    assert epoch(EpochBatches(10, 4, seed=7, shuffle=False), 5) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert epoch(EpochBatches(3, 4, seed=7), 0)[0] in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])
+
+
+def test_a_resumed_reflow_is_the_uninterrupted_one(teacher):
+    """A student killed after its first epoch and resumed with ckpt_path=last is the uninterrupted student, bit for
+    bit: weights, metrics history and eval JSON (in-process runs on the teacher's data)."""
+    from test_run_identity import compose_config
+
+    import scfate.models.reflow as rf
+    from scfate.cli import run_reflow
+
+    tmp, t_dir = teacher
+    tiny = [o for o in TINY_REFLOW if not o.startswith("trainer.max_epochs")]
+
+    def reflow(name, *extra):
+        return run_reflow(compose_config("reflow", [
+            f"teacher={t_dir}", "K=2", *tiny, "trainer.max_epochs=null", "epochs=3", f"paths.data_dir={tmp / 'data'}",
+            f"paths.artifacts_dir={tmp / 'resume'}", f"run_dir={tmp / 'resume' / name / 'det'}", *extra], tmp / "out"))
+
+    def killed(self):  # as kill -9 would: epoch 0 is checkpointed, epoch 1 never starts
+        if self.current_epoch == 1:
+            raise RuntimeError("killed")
+
+    ev_a = reflow("a")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rf.ReflowStudent, "on_train_epoch_start", killed, raising=False)
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            reflow("b")
+    finally:
+        mp.undo()
+    ev_b = reflow("b", "ckpt_path=last")
+    a, b = (tmp / "resume" / n / "det" for n in "ab")
+    assert ev_b["metrics"] == ev_a["metrics"] and ev_b["baselines"] == ev_a["baselines"]
+    assert (b / "flow_metrics.jsonl").read_text() == (a / "flow_metrics.jsonl").read_text()
+    heads = [torch.load(d / "flow_best.pt", weights_only=True)["v_net_state_dict"] for d in (a, b)]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
 def test_bad_k_and_a_glob_that_matches_nothing(tmp_path):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(DataError, match="K=.*integer >= 1"):

@@ -62,12 +62,35 @@ def generate_couplings(student, teachers: list, dm, n: int, teacher_steps: int, 
     return out
 
 
-def coupling_loader(couplings: Couplings, batch_size: int, seed: int, shuffle: bool = True):
-    """Batches of whole rows (shuffled, or in order for validation); the sampler yields index lists, so a batch is
-    one tensor gather, not a per-row collate."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+class EpochBatches:
+    """Batches of row indices, shuffled by ``(seed, epoch)`` alone (in order for validation), ``drop_last`` when
+    shuffled and there is more than one batch. Lightning calls ``set_epoch`` every epoch; the epoch is read at the
+    first batch, not when the iterator is made (a resumed run makes its first iterator before ``set_epoch``).
+    A sampler with its own advancing generator would restart that stream on a resume and replay epoch 0's order."""
 
-    sampler = RandomSampler(couplings, generator=torch.Generator().manual_seed(seed)) if shuffle else \
-        SequentialSampler(couplings)
-    drop_last = shuffle and len(couplings) > batch_size
-    return DataLoader(couplings, sampler=BatchSampler(sampler, batch_size, drop_last=drop_last), batch_size=None)
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+        self.drop_last = shuffle and n > batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])))
+        else:
+            order = torch.arange(self.n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+
+def coupling_loader(couplings: Couplings, batch_size: int, seed: int, shuffle: bool = True):
+    """Batches of whole rows (shuffled by (seed, epoch), or in order for validation); the sampler yields index
+    lists, so a batch is one tensor gather, not a per-row collate."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(couplings, sampler=EpochBatches(len(couplings), batch_size, seed, shuffle), batch_size=None)
