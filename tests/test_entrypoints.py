@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import PROJECT, make_adata
 from test_prepare import user_embedding
+from test_run_identity import QUICK as TINY_RUN
+from test_run_identity import SMALL
 
 
 def run(args, tmp_path, expect=0):
@@ -20,6 +22,10 @@ def run(args, tmp_path, expect=0):
 
 
 QUICK = ["trainer.max_epochs=1", "datamodule.steps_per_epoch=5", "datamodule.val_steps=2", "eval_n_cells=50"]
+# what the run-identity tests check needs no full-size data, networks or prior (the quickstart test runs those)
+TINY = [*TINY_RUN, *SMALL]
+# another split of the TINY data: too few pairs there to hold out one with no member seen
+OTHER_SPLIT = ["seed=3", "split_seed=3", "data.split.require_nonempty=[unseen_single,combo_seen1]"]
 
 
 def test_quickstart_runs_the_whole_pipeline(tmp_path):
@@ -63,7 +69,7 @@ def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leak
     from scfate.eval.report import table1
 
     art = tmp_path / "artifacts"
-    args = ["-m", "seed=1,2,3", "split_seed=1", *QUICK, f"paths.artifacts_dir={art}",
+    args = ["-m", "seed=1,2,3", "split_seed=1", *TINY, f"paths.artifacts_dir={art}",
             f"hydra.sweep.dir={tmp_path / 'mr'}", f"paths.data_dir={tmp_path / 'data'}"]
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -76,7 +82,7 @@ def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leak
     model = next(r for r in table["rows"] if r["model"] == "scfate:synthetic")
     assert model["cells"]["cos"]["sd"] is not None
     other = art / "flow_heads" / "synthetic" / "split3"
-    run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}", *QUICK, f"paths.artifacts_dir={art}"], tmp_path)
+    run(["train.py", *OTHER_SPLIT, f"run_dir={other}", *TINY, f"paths.artifacts_dir={art}"], tmp_path)
     heads = {s: _backbone_of(heads_dir / f"seed{s}") for s in (1, 2, 3)}
     heads["other"] = _backbone_of(other)
     assert heads[1][2] == heads[2][2] == heads[3][2] != heads["other"][2]
@@ -87,16 +93,16 @@ def test_multirun_seeds_of_one_split_share_a_backbone_and_no_head_sits_on_a_leak
     assert split1["seed"] == 1 and split3["seed"] == 3
     assert set(split1["train"]) & set(split3["test"])  # so split 1's backbone would leak into split 3's scores
     # (a folder of its own: `other` holds a finished run, which run_dir= refuses to overwrite before any check)
-    proc = run(["train.py", "seed=3", "split_seed=3", f"run_dir={other}_leaky", f"backbone={heads[1][2]}", *QUICK,
+    proc = run(["train.py", *OTHER_SPLIT, f"run_dir={other}_leaky", f"backbone={heads[1][2]}", *TINY,
                 f"paths.artifacts_dir={art}"], tmp_path, expect=2)
     assert "that this run holds out (test: [" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_backbone_resumes_from_last(tmp_path):
     art = f"paths.artifacts_dir={tmp_path / 'artifacts'}"
-    run(["train.py", "stage=backbone", *QUICK, art], tmp_path)
+    run(["train.py", "stage=backbone", *TINY, art], tmp_path)
     (last,) = (tmp_path / "artifacts" / "checkpoints" / "backbones" / "synthetic").glob("*/seed1/last.ckpt")
-    proc = run(["train.py", "stage=backbone", *QUICK[1:], "trainer.max_epochs=2", "ckpt_path=last", art], tmp_path)
+    proc = run(["train.py", "stage=backbone", *TINY[1:], "trainer.max_epochs=2", "ckpt_path=last", art], tmp_path)
     assert "Restoring states from the checkpoint path" in proc.stdout + proc.stderr
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["epoch"] == 1  # the second epoch ran on top of the first
