@@ -155,16 +155,16 @@ def test_evaluate_py_ckpt_hf_offline(hub, evaluated):
 
 
 def test_evaluate_ckpt_refuses_another_dataset_or_split(hub):
-    from hydra import compose, initialize_config_dir
+    from test_run_identity import compose_config
 
     from scfate.cli import run_evaluate
-    from scfate.pipelines.config import CONF_DIR
 
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):  # refused before any data is prepared
-        cfg = compose("evaluate", overrides=[f"ckpt=hf://{REPO}/{RUN}", "dataset=synthetic_drugs",
-                                             f"paths.data_dir={hub['tmp'] / 'data'}"])
+    # composed as evaluate.py composes it (its hydra node set: the entry point checks its output folder first)
+    cfg = compose_config("evaluate", [f"ckpt=hf://{REPO}/{RUN}", "dataset=synthetic_drugs",
+                                      f"paths.data_dir={hub['tmp'] / 'data'}"], hub["tmp"] / "refused")
     with pytest.raises(DataError, match="checkpoint trained on synthetic: run with dataset=synthetic"):
-        run_evaluate(cfg)
+        run_evaluate(cfg)  # refused before any data is prepared
+    assert not list((hub["tmp"] / "data" / "prepared").glob("synthetic_drugs-*"))
     from scfate.models.split_guard import check_split
 
     split = torch.load(hub["snap"] / RUN / "flow_best.pt", weights_only=True)["split"]
