@@ -38,12 +38,11 @@ def run_prepare(cfg: DictConfig):
 
 
 def run_train(cfg: DictConfig):
+    if cfg.stage not in STAGES:  # before Lightning loads (seconds)
+        raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
     import pytorch_lightning as pl
 
     from scfate.pipelines.config import check_outputs_writable
-
-    if cfg.stage not in STAGES:
-        raise UsageError(f"stage={cfg.stage!r} is not a stage; valid: {list(STAGES)}.")
     from scfate.utils.dist import is_rank_zero
 
     if not is_rank_zero():  # a DDP rank > 0 trains beside rank 0 and writes nothing (scfate.utils.dist)

@@ -28,6 +28,8 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if len(chosen) != 1:
         raise UsageError(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
                          f"or predictions=FILE.h5ad; got {chosen or 'none'}.")
+    if cfg.get("baseline") is not None and cfg.baseline not in BASELINES:  # before the data are prepared
+        raise UsageError(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
     if cfg.ckpt is not None:
         return evaluate_checkpoint(cfg)
     return evaluate_baseline_or_predictions(cfg)
@@ -37,12 +39,10 @@ def evaluate_baseline_or_predictions(cfg: DictConfig) -> dict:
     from scfate.data.prepare import prepare
     from scfate.eval.runner import evaluate
     from scfate.pipelines.config import instantiate_spec, output_dir, split_seed_of
-    from scfate.prior.baselines import BASELINES, make_baseline
+    from scfate.prior.baselines import make_baseline
 
     data = prepare(instantiate_spec(cfg, split_seed_of(cfg)), cfg.paths.data_dir)
     if cfg.baseline is not None:
-        if cfg.baseline not in BASELINES:
-            raise UsageError(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
         model, model_name = make_baseline(cfg.baseline), f"baseline:{cfg.baseline}"
     else:
         from scfate.eval.predictions import AnnDataPredictions
@@ -85,17 +85,18 @@ def coverage(path, data, scores: dict) -> dict:
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    from scfate.hub import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.ckpt)  # a wrong path is named before the model layers (and Lightning) load
     from scfate.data.prepare import prepare
     from scfate.data.schema import check_same_genes
     from scfate.eval.runner import evaluate
-    from scfate.hub import resolve_checkpoint
     from scfate.models.export import read_checkpoint
     from scfate.models.flow_export import FORMAT, load_flow
     from scfate.models.predictor import FlowPredictor
     from scfate.models.split_guard import check_split
     from scfate.pipelines.config import instantiate_spec, output_dir, split_seed_of
 
-    path = resolve_checkpoint(cfg.ckpt)
     ckpt = read_checkpoint(path, FORMAT, "Flow-head", "Give a flow_best.pt (or its run folder / hf:// path).")
     if ckpt["dataset"] != cfg.data.name:
         raise DataError(f"checkpoint trained on {ckpt['dataset']}: run with dataset={ckpt['dataset']} "

@@ -56,6 +56,8 @@ def default_run_dir(cfg: DictConfig, n_teachers: int, mixed: bool, rnd: int) -> 
 
 
 def run_reflow(cfg: DictConfig) -> dict:
+    K = check_k(cfg.K)
+    teachers, mixed, probs = checked_teachers(cfg)  # bad input stops here, before Lightning and the data load
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -67,9 +69,7 @@ def run_reflow(cfg: DictConfig) -> dict:
     from scfate.pipelines.config import instantiate_spec, split_seed_of
     from scfate.pipelines.teachers import check_against_data, prior_of
 
-    K = check_k(cfg.K)
     pl.seed_everything(int(cfg.seed), workers=True)
-    teachers, mixed, probs = checked_teachers(cfg)
     refs, ckpts = [t.ref for t in teachers], [t.ckpt for t in teachers]
     rnd = max(int(c.get("reflow_round", 0)) for c in ckpts) + 1
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else default_run_dir(cfg, len(teachers), mixed, rnd)

@@ -77,12 +77,13 @@ def read_teachers(refs: list[str]) -> list[Teacher]:
     """Resolve (hf:// refs are downloaded) and read each teacher's flow-head checkpoint. A run folder and its
     flow_best.pt name one teacher: it is read once, under the first ref that names it."""
     from scfate.hub import resolve_checkpoint
+
+    by_path: dict[Path, str] = {}
+    for r in refs:  # a wrong ref is named before the model layers (and Lightning) load
+        by_path.setdefault(Path(resolve_checkpoint(r, filename="flow_best.pt")).resolve(), r)
     from scfate.models.export import read_checkpoint
     from scfate.models.flow_export import FORMAT
 
-    by_path: dict[Path, str] = {}
-    for r in refs:
-        by_path.setdefault(Path(resolve_checkpoint(r, filename="flow_best.pt")).resolve(), r)
     paths = list(by_path)
     return [Teacher(n, by_path[p], p, read_checkpoint(p, FORMAT, "Flow-head", HOW_TO_MAKE))
             for n, p in zip(teacher_names(paths), paths)]
