@@ -14,6 +14,10 @@ os.environ["WANDB_DIR"] = str(_CACHE / "wandb")
 os.environ["WANDB_SILENT"] = "true"
 os.environ["NUMBA_CACHE_DIR"] = str(_CACHE / "numba")
 os.environ["MPLCONFIGDIR"] = str(_CACHE / "mpl")
+# pytest-xdist runs one worker per core (pyproject addopts): one thread each, or the workers' torch thread pools
+# contend for the same cores; torch reads this at import, and the runs a test starts inherit it
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
