@@ -22,14 +22,14 @@ def run_evaluate(cfg: DictConfig) -> dict:
         from scfate.pipelines.router import run_router
 
         return run_router(cfg)
-    from scfate.prior.baselines import BASELINES
+    from scfate.prior.baselines import BASELINES, check_baseline
 
     chosen = [k for k in TARGETS if cfg.get(k) is not None]
     if len(chosen) != 1:
         raise UsageError(f"evaluate.py needs exactly one of ckpt=PATH, baseline=NAME ({sorted(BASELINES)}) "
                          f"or predictions=FILE.h5ad; got {chosen or 'none'}.")
-    if cfg.get("baseline") is not None and cfg.baseline not in BASELINES:  # before the data are prepared
-        raise UsageError(f"baseline={cfg.baseline!r} is not a baseline; valid: {sorted(BASELINES)}.")
+    if cfg.get("baseline") is not None:
+        check_baseline(cfg.baseline)  # before the data are prepared
     if cfg.ckpt is not None:
         return evaluate_checkpoint(cfg)
     return evaluate_baseline_or_predictions(cfg)

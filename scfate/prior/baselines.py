@@ -162,7 +162,11 @@ CROSS_CONTEXT_BASELINES = (OtherContexts.name, OtherContextsCentred.name)
 DEFAULT_BASELINES = [n for n in BASELINES if n not in CROSS_CONTEXT_BASELINES]
 
 
-def make_baseline(name: str) -> Predictor:
+def check_baseline(name: str) -> str:
     if name not in BASELINES:
         raise UsageError(f"baseline={name!r} is not a baseline; valid: {sorted(BASELINES)}.")
-    return BASELINES[name]()
+    return name
+
+
+def make_baseline(name: str) -> Predictor:
+    return BASELINES[check_baseline(name)]()
